@@ -1,0 +1,81 @@
+// Tensors as the adapter file readers hand them over: dtype, shape and a lazy float32 decode of little-endian bytes.
+// Does not parse any file format (safetensors.ts, safe-pickle.ts) nor know what a LoRA tensor means (peft.ts).
+
+/** Element types a LoRA tensor may be stored in; all decode to float32. */
+export const FLOAT_DTYPES = ["F32", "F16", "BF16", "F64"] as const;
+export type FloatDtype = (typeof FLOAT_DTYPES)[number];
+
+/** One tensor of a weight file. `read()` decodes it (once per call) into a fresh Float32Array in row-major order. */
+export interface TensorEntry {
+  name: string;
+  /** Element type in safetensors spelling: F32, F16, BF16, F64, or (safetensors only) I64, U8, ... */
+  dtype: string;
+  shape: number[];
+  read(): Float32Array;
+}
+
+export function isFloatDtype(dtype: string): dtype is FloatDtype {
+  return (FLOAT_DTYPES as readonly string[]).includes(dtype);
+}
+
+export const FLOAT_DTYPE_BYTES: Record<FloatDtype, number> = { F32: 4, F16: 2, BF16: 2, F64: 8 };
+
+/** Number of elements of a shape; -1 when it is not a safe integer (a hostile header). */
+export function numelOf(shape: readonly number[]): number {
+  let n = 1;
+  for (const d of shape) n *= d;
+  return Number.isSafeInteger(n) ? n : -1;
+}
+
+export function formatShape(shape: readonly number[]): string {
+  return `[${shape.join(",")}]`;
+}
+
+/** IEEE 754 half → float. */
+export function halfToFloat(h: number): number {
+  const sign = h & 0x8000 ? -1 : 1;
+  const exp = (h >> 10) & 0x1f;
+  const frac = h & 0x3ff;
+  if (exp === 0) return sign * frac * 2 ** -24;
+  if (exp === 0x1f) return frac === 0 ? sign * Infinity : NaN;
+  return sign * (1 + frac / 1024) * 2 ** (exp - 15);
+}
+
+/** Decodes `numel` little-endian elements of `dtype` starting at `byteOffset` of `bytes`. */
+export function decodeFloats(bytes: Uint8Array, byteOffset: number, numel: number, dtype: FloatDtype): Float32Array {
+  const size = FLOAT_DTYPE_BYTES[dtype];
+  if (byteOffset < 0 || byteOffset + numel * size > bytes.byteLength) {
+    throw new RangeError(`decode of ${numel} ${dtype} elements at byte ${byteOffset} runs past ${bytes.byteLength} bytes`);
+  }
+  const view = new DataView(bytes.buffer, bytes.byteOffset + byteOffset, numel * size);
+  const out = new Float32Array(numel);
+  switch (dtype) {
+    case "F32":
+      for (let i = 0; i < numel; i++) out[i] = view.getFloat32(i * 4, true);
+      break;
+    case "F64":
+      for (let i = 0; i < numel; i++) out[i] = view.getFloat64(i * 8, true);
+      break;
+    case "F16":
+      for (let i = 0; i < numel; i++) out[i] = halfToFloat(view.getUint16(i * 2, true));
+      break;
+    case "BF16": {
+      const bits = new Uint32Array(out.buffer);
+      for (let i = 0; i < numel; i++) bits[i] = view.getUint16(i * 2, true) << 16;
+      break;
+    }
+  }
+  return out;
+}
+
+const LFS_POINTER_PREFIX = "version https://git-lfs.github.com/spec/";
+
+/** A reason when `bytes` are plainly not a weight file (empty, a Git LFS pointer); null otherwise. */
+export function notAWeightFile(bytes: Uint8Array): string | null {
+  if (bytes.byteLength === 0) return "the file is empty (0 bytes); the upload or download did not complete";
+  const head = Buffer.from(bytes.buffer, bytes.byteOffset, Math.min(bytes.byteLength, 200)).toString("latin1");
+  if (head.startsWith(LFS_POINTER_PREFIX)) {
+    return "the file is a Git LFS pointer, not the weights; fetch the real file (git lfs pull) and try again";
+  }
+  return null;
+}
