@@ -466,6 +466,8 @@ export function parseTorchArchive(bytes: Uint8Array, label: string): Map<string,
   const byteorder = zip.entries.has(`${root}byteorder`) ? Buffer.from(zip.read(`${root}byteorder`)).toString("latin1") : "little";
   if (byteorder !== "little") fail(`the archive was written ${byteorder}-endian; only little-endian archives are read`);
 
+  /** Storage bytes, read (and CRC-checked) as the pickle names them. */
+  const storageBytes = new Map<string, Uint8Array>();
   const persistentLoad = (pid: PyValue): PyValue => {
     const items = pid instanceof PyTuple ? pid.items : [];
     const [tag, cls, key, location, numel] = items;
@@ -478,13 +480,13 @@ export function parseTorchArchive(bytes: Uint8Array, label: string): Map<string,
     if (entry === undefined) return fail(`storage "${key}" named by the pickle has no entry ${root}data/${key} in the archive`);
     const need = numel * FLOAT_DTYPE_BYTES[cls.dtype];
     if (entry.size < need) fail(`storage "${key}" holds ${entry.size} bytes, ${numel} × ${cls.dtype} needs ${need}`);
+    if (!storageBytes.has(key)) storageBytes.set(key, zip.read(entry.name));
     return new StorageRef(key, cls.dtype, numel, location);
   };
 
   const state = unpickle(zip.read(`${root}data.pkl`), `${label}: data.pkl`, persistentLoad);
   if (!(state instanceof PyDict)) return fail(`the pickle holds a ${typeName(state)}, not a state dict`);
 
-  const storageBytes = new Map<string, Uint8Array>();
   const tensors = new Map<string, TensorEntry>();
   for (const [name, value] of state.map) {
     if (typeof name !== "string") fail(`state dict key ${String(name)} is not a string`);
@@ -504,14 +506,7 @@ export function parseTorchArchive(bytes: Uint8Array, label: string): Map<string,
       name: key,
       dtype: t.storage.dtype,
       shape: t.size,
-      read: () => {
-        let data = storageBytes.get(t.storage.key);
-        if (data === undefined) {
-          data = zip.read(`${root}data/${t.storage.key}`);
-          storageBytes.set(t.storage.key, data);
-        }
-        return decodeFloats(data, t.offset * FLOAT_DTYPE_BYTES[t.storage.dtype], numel, t.storage.dtype);
-      },
+      read: () => decodeFloats(storageBytes.get(t.storage.key) as Uint8Array, t.offset * FLOAT_DTYPE_BYTES[t.storage.dtype], numel, t.storage.dtype),
     });
   }
   return tensors;
