@@ -1,0 +1,128 @@
+// The typed face of the native addon (build/Release/loraserve_native.node): its functions and the shapes of
+// what they take and return. Only backend.ts, the benchmarks and kernel tests import this file.
+import fs from "node:fs";
+import { createRequire } from "node:module";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+export interface NativeTensorRef {
+  name: string;
+  file: number;
+  dtype: number; // 0 F32, 1 F16, 2 BF16
+  shape: number[];
+  offset: number;
+  nbytes: number;
+}
+
+export interface NativeLoadOptions {
+  config: {
+    vocab: number;
+    hidden: number;
+    intermediate: number;
+    layers: number;
+    heads: number;
+    kvHeads: number;
+    headDim: number;
+    rmsEps: number;
+    tied: boolean;
+    qkvBias: boolean;
+    invFreq: Float32Array; // [headDim/2]
+    window: Int32Array; // [layers], 0 = full attention
+  };
+  files: string[];
+  tensors: NativeTensorRef[];
+  kvBlocks: number;
+  blockSize: number;
+  maxStepTokens: number;
+  maxOutRows: number;
+  threads: number;
+  reference: boolean;
+  weightDtype: number; // -1 = as stored
+  loraSlots: number;
+  loraMaxRank: number;
+}
+
+/** One step's input; see DESIGN.md "The native step contract". Row layouts are fixed by native/src/addon.cc. */
+export interface NativeStepInput {
+  tokens: Int32Array; // [T]
+  positions: Int32Array; // [T]
+  kvIndex?: Int32Array; // [T] logical KV slot written (default: positions)
+  seq: Int32Array; // [T] index into the step's sequences
+  adapter: Int32Array; // [T] LoRA slot, -1 = base
+  treeBase?: Int32Array; // [T]
+  treeMask?: BigUint64Array; // [T]
+  btOffsets: Int32Array; // [S+1]
+  bt: Int32Array; // block ids, all sequences flattened
+  outRows: Int32Array; // [R]
+  /** [R, 8]: top_k, n_top, target id, flags (1 sample, 2 do_sample), pen offset, pen count, mask index, step. */
+  rowI: Int32Array;
+  /** [R, 8]: temperature, top_p, typical_p, min_p, repetition, presence, frequency penalties, unused. */
+  rowF: Float32Array;
+  rowSeed: BigUint64Array; // [R]
+  penIds?: Int32Array;
+  penCounts?: Int32Array;
+  masks?: Uint32Array; // [M, ceil(vocab/32)]
+  nTop: number;
+  wantLogits?: boolean;
+  wantHidden?: boolean;
+}
+
+export interface NativeStepOutput {
+  tokens: Int32Array; // [R], -1 where not sampled
+  logprobs: Float32Array; // [R]
+  targetLogprobs: Float32Array; // [R]
+  topIds: Int32Array; // [R, nTop]
+  topLogprobs: Float32Array; // [R, nTop]
+  logits?: Float32Array; // [R, vocab]
+  hidden?: Float32Array; // [R, hidden]
+  micros: number;
+}
+
+export interface NativeLoraModule {
+  layer: number; // -1 = lm_head
+  target: number; // index in LORA_TARGETS
+  rank: number;
+  scale: number;
+  a: Float32Array; // [rank, dIn]
+  b: Float32Array; // [dOut, rank]
+}
+
+export interface NativeModel {
+  step(input: NativeStepInput): Promise<NativeStepOutput>;
+  info(): {
+    backend: string;
+    threads: number;
+    weightBytes: number;
+    kvBytes: number;
+    kvBlocks: number;
+    blockSize: number;
+    maxStepTokens: number;
+    maxOutRows: number;
+  };
+  loraLoad(slot: number, modules: NativeLoraModule[]): number;
+  loraFree(slot: number): void;
+  close(): void;
+}
+
+export interface NativeAddon {
+  loadModel(opts: NativeLoadOptions): Promise<NativeModel>;
+  kernel(name: string, reference: boolean, args: Record<string, unknown>): any;
+  probe(what: "bandwidth" | "fma", threads?: number): number;
+  fastKernels: boolean;
+}
+
+function findAddon(): string {
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 5; i++) {
+    const p = path.join(dir, "build", "Release", "loraserve_native.node");
+    if (fs.existsSync(p)) return p;
+    dir = path.dirname(dir);
+  }
+  throw new Error("native addon build/Release/loraserve_native.node not found: run `npm install` (or `make build`)");
+}
+
+let addon: NativeAddon | undefined;
+export function native(): NativeAddon {
+  addon ??= createRequire(import.meta.url)(findAddon()) as NativeAddon;
+  return addon;
+}

@@ -1,0 +1,566 @@
+// The N-API binding: turns JavaScript objects of typed arrays into native calls and back. Model loading and
+// every step run on libuv worker threads (Promises); errors become JavaScript Errors with a `code`.
+// Kernel entry points for tests and the hardware probes for benchmarks are exposed here too.
+#include <napi.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <memory>
+#include <thread>
+
+#include "model.h"
+#include "probe.h"
+
+namespace {
+
+using lx::Status;
+
+Napi::Error make_error(Napi::Env env, const Status& s) {
+  Napi::Error e = Napi::Error::New(env, s.message);
+  e.Set("code", Napi::String::New(env, s.code));
+  return e;
+}
+
+[[noreturn]] void throw_invalid(Napi::Env env, const std::string& msg) {
+  throw make_error(env, Status::Invalid(msg));
+}
+
+template <typename T, typename A>
+std::vector<T> copy_array(Napi::Env env, const Napi::Value& v, const char* name, bool optional = false) {
+  if (v.IsUndefined() || v.IsNull()) {
+    if (optional) return {};
+    throw_invalid(env, std::string("missing typed array '") + name + "'");
+  }
+  if (!v.IsTypedArray()) throw_invalid(env, std::string("'") + name + "' must be a typed array");
+  A a = v.As<A>();
+  return std::vector<T>(a.Data(), a.Data() + a.ElementLength());
+}
+#define I32(obj, key, opt) copy_array<int32_t, Napi::Int32Array>(env, (obj).Get(key), key, opt)
+#define F32(obj, key, opt) copy_array<float, Napi::Float32Array>(env, (obj).Get(key), key, opt)
+
+int get_int(const Napi::Object& o, const char* key, int def) {
+  Napi::Value v = o.Get(key);
+  return v.IsNumber() ? v.As<Napi::Number>().Int32Value() : def;
+}
+double get_num(const Napi::Object& o, const char* key, double def) {
+  Napi::Value v = o.Get(key);
+  return v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : def;
+}
+bool get_bool(const Napi::Object& o, const char* key, bool def) {
+  Napi::Value v = o.Get(key);
+  return v.IsBoolean() ? v.As<Napi::Boolean>().Value() : def;
+}
+
+template <typename T, typename A>
+Napi::Value to_js(Napi::Env env, const std::vector<T>& v) {
+  A a = A::New(env, v.size());
+  if (!v.empty()) std::memcpy(a.Data(), v.data(), v.size() * sizeof(T));
+  return a;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Model wrapper
+
+struct Handle {
+  std::shared_ptr<lx::Model> model;
+  std::atomic<bool> busy{false};
+};
+
+class LoadWorker : public Napi::AsyncWorker {
+ public:
+  LoadWorker(Napi::Env env, lx::LoadOptions opt) : Napi::AsyncWorker(env), opt_(std::move(opt)), deferred_(env) {}
+  Napi::Promise promise() { return deferred_.Promise(); }
+  void Execute() override {
+    try {
+      st_ = lx::Model::load(opt_, &model_);
+    } catch (const std::bad_alloc&) {
+      st_ = Status::NoMem("out of memory while loading the model");
+    } catch (const std::exception& e) {
+      st_ = Status::Internal(std::string("model load failed: ") + e.what());
+    }
+  }
+  void OnOK() override;
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  lx::LoadOptions opt_;
+  std::unique_ptr<lx::Model> model_;
+  Status st_;
+  Napi::Promise::Deferred deferred_;
+};
+
+class StepWorker : public Napi::AsyncWorker {
+ public:
+  StepWorker(Napi::Env env, std::shared_ptr<Handle> h) : Napi::AsyncWorker(env), h_(std::move(h)), deferred_(env) {}
+  Napi::Promise promise() { return deferred_.Promise(); }
+
+  // Copies of the inputs: the step runs after JavaScript has moved on.
+  std::vector<int32_t> tokens, positions, kv_index, seq, adapter, tree_base, bt_offsets, bt, out_rows, row_i, pen_ids,
+      pen_counts;
+  std::vector<uint64_t> tree_mask, row_seed;
+  std::vector<float> row_f;
+  std::vector<uint32_t> masks;
+  int n_top = 0;
+  bool want_logits = false, want_hidden = false;
+  std::shared_ptr<lx::Model> model;
+
+  void Execute() override {
+    try {
+      st_ = run();
+    } catch (const std::bad_alloc&) {
+      st_ = Status::NoMem("out of memory in a step");
+    } catch (const std::exception& e) {
+      st_ = Status::Internal(std::string("step failed: ") + e.what());
+    }
+  }
+  void OnOK() override {
+    h_->busy.store(false);
+    Napi::Env env = Env();
+    if (!st_.ok()) {
+      deferred_.Reject(make_error(env, st_).Value());
+      return;
+    }
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("tokens", to_js<int32_t, Napi::Int32Array>(env, out_.tokens));
+    o.Set("logprobs", to_js<float, Napi::Float32Array>(env, out_.logprobs));
+    o.Set("targetLogprobs", to_js<float, Napi::Float32Array>(env, out_.target_logprobs));
+    o.Set("topIds", to_js<int32_t, Napi::Int32Array>(env, out_.top_ids));
+    o.Set("topLogprobs", to_js<float, Napi::Float32Array>(env, out_.top_logprobs));
+    if (want_logits) o.Set("logits", to_js<float, Napi::Float32Array>(env, out_.logits));
+    if (want_hidden) o.Set("hidden", to_js<float, Napi::Float32Array>(env, out_.hidden));
+    o.Set("micros", Napi::Number::New(env, micros_));
+    deferred_.Resolve(o);
+  }
+  void OnError(const Napi::Error& e) override {
+    h_->busy.store(false);
+    deferred_.Reject(e.Value());
+  }
+
+ private:
+  Status run() {
+    auto t0 = std::chrono::steady_clock::now();
+    const int T = int(tokens.size()), R = int(out_rows.size());
+    constexpr int kRowI = 8, kRowF = 8;
+    auto bad_len = [](const char* n, size_t got, size_t want) {
+      return Status::Invalid(std::string("'") + n + "' has " + std::to_string(got) + " entries, expected " + std::to_string(want));
+    };
+    if (positions.size() != size_t(T)) return bad_len("positions", positions.size(), T);
+    if (seq.size() != size_t(T)) return bad_len("seq", seq.size(), T);
+    if (adapter.size() != size_t(T)) return bad_len("adapter", adapter.size(), T);
+    if (!kv_index.empty() && kv_index.size() != size_t(T)) return bad_len("kvIndex", kv_index.size(), T);
+    if (!tree_base.empty() && (tree_base.size() != size_t(T) || tree_mask.size() != size_t(T)))
+      return bad_len("treeBase/treeMask", tree_base.size(), T);
+    if (bt_offsets.empty()) return Status::Invalid("'btOffsets' is empty");
+    const int S = int(bt_offsets.size()) - 1;
+    for (int s = 0; s < S; s++)
+      if (bt_offsets[s] < 0 || bt_offsets[s] > bt_offsets[s + 1] || bt_offsets[s + 1] > int(bt.size()))
+        return Status::Invalid("'btOffsets' is not a non-decreasing list of offsets into 'bt'");
+    if (row_i.size() != size_t(R) * kRowI) return bad_len("rowI", row_i.size(), size_t(R) * kRowI);
+    if (row_f.size() != size_t(R) * kRowF) return bad_len("rowF", row_f.size(), size_t(R) * kRowF);
+    if (row_seed.size() != size_t(R)) return bad_len("rowSeed", row_seed.size(), R);
+    if (pen_ids.size() != pen_counts.size()) return bad_len("penCounts", pen_counts.size(), pen_ids.size());
+    const int V = model->config().vocab, words = (V + 31) / 32;
+    lx::StepInput in;
+    in.T = T;
+    in.tokens = tokens.data();
+    in.positions = positions.data();
+    in.kv_index = kv_index.empty() ? nullptr : kv_index.data();
+    in.seq = seq.data();
+    in.adapter = adapter.data();
+    in.tree_base = tree_base.empty() ? nullptr : tree_base.data();
+    in.tree_mask = tree_mask.empty() ? nullptr : tree_mask.data();
+    in.S = S;
+    in.bt_offsets = bt_offsets.data();
+    in.bt = bt.data();
+    in.R = R;
+    in.out_rows = out_rows.data();
+    in.n_top = n_top;
+    in.want_logits = want_logits;
+    in.want_hidden = want_hidden;
+    in.rows.resize(R);
+    for (int r = 0; r < R; r++) {
+      const int32_t* ri = row_i.data() + size_t(r) * kRowI;
+      const float* rf = row_f.data() + size_t(r) * kRowF;
+      lx::SampleRow& sr = in.rows[r];
+      sr.top_k = ri[0];
+      sr.n_top = ri[1];
+      sr.target = ri[2];
+      sr.sample = ri[3] & 1;
+      sr.do_sample = (ri[3] >> 1) & 1;
+      const int po = ri[4], pn = ri[5], mi = ri[6];
+      sr.step = uint64_t(uint32_t(ri[7]));
+      if (po < 0 || pn < 0 || size_t(po) + pn > pen_ids.size()) return Status::Invalid("penalty range of row " + std::to_string(r) + " out of bounds");
+      sr.pen_ids = pen_ids.data() + po;
+      sr.pen_counts = pen_counts.data() + po;
+      sr.n_pen = pn;
+      if (mi >= 0) {
+        if (size_t(mi + 1) * words > masks.size()) return Status::Invalid("mask index " + std::to_string(mi) + " of row " + std::to_string(r) + " out of bounds");
+        sr.mask = masks.data() + size_t(mi) * words;
+      }
+      sr.temperature = rf[0];
+      sr.top_p = rf[1];
+      sr.typical_p = rf[2];
+      sr.min_p = rf[3];
+      sr.repetition_penalty = rf[4];
+      sr.presence_penalty = rf[5];
+      sr.frequency_penalty = rf[6];
+      sr.seed = row_seed[r];
+      if (!(sr.temperature >= 0) || !(sr.top_p > 0 && sr.top_p <= 1) || !(sr.typical_p > 0 && sr.typical_p <= 1) ||
+          !(sr.repetition_penalty > 0))
+        return Status::Invalid("row " + std::to_string(r) + " has sampling settings out of range (temperature " +
+                               std::to_string(sr.temperature) + ", top_p " + std::to_string(sr.top_p) + ", typical_p " +
+                               std::to_string(sr.typical_p) + ", repetition_penalty " + std::to_string(sr.repetition_penalty) + ")");
+    }
+    Status s = model->step(in, &out_);
+    micros_ = double(std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count());
+    return s;
+  }
+
+  std::shared_ptr<Handle> h_;
+  Napi::Promise::Deferred deferred_;
+  Status st_;
+  lx::StepOutput out_;
+  double micros_ = 0;
+};
+
+std::shared_ptr<Handle> handle_of(const Napi::CallbackInfo& info) {
+  auto* h = static_cast<std::shared_ptr<Handle>*>(info.Data());
+  if (!(*h)->model) throw make_error(info.Env(), Status::Invalid("model is closed"));
+  return *h;
+}
+
+Napi::Value Step(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto h = handle_of(info);
+  if (!info[0].IsObject()) throw_invalid(env, "step(input): input must be an object of typed arrays");
+  Napi::Object o = info[0].As<Napi::Object>();
+  auto* w = new StepWorker(env, h);
+  try {
+    w->tokens = I32(o, "tokens", false);
+    w->positions = I32(o, "positions", false);
+    w->kv_index = I32(o, "kvIndex", true);
+    w->seq = I32(o, "seq", false);
+    w->adapter = I32(o, "adapter", false);
+    w->tree_base = I32(o, "treeBase", true);
+    w->tree_mask = copy_array<uint64_t, Napi::BigUint64Array>(env, o.Get("treeMask"), "treeMask", true);
+    w->bt_offsets = I32(o, "btOffsets", false);
+    w->bt = I32(o, "bt", false);
+    w->out_rows = I32(o, "outRows", false);
+    w->row_i = I32(o, "rowI", false);
+    w->row_f = F32(o, "rowF", false);
+    w->row_seed = copy_array<uint64_t, Napi::BigUint64Array>(env, o.Get("rowSeed"), "rowSeed", false);
+    w->pen_ids = I32(o, "penIds", true);
+    w->pen_counts = I32(o, "penCounts", true);
+    w->masks = copy_array<uint32_t, Napi::Uint32Array>(env, o.Get("masks"), "masks", true);
+    w->n_top = std::max(0, std::min(get_int(o, "nTop", 0), 64));
+    w->want_logits = get_bool(o, "wantLogits", false);
+    w->want_hidden = get_bool(o, "wantHidden", false);
+  } catch (...) {
+    delete w;
+    throw;
+  }
+  if (h->busy.exchange(true)) {
+    delete w;
+    throw make_error(env, Status{"EBUSY", "a step is already running on this model: the engine runs one at a time"});
+  }
+  w->model = h->model;
+  Napi::Promise p = w->promise();
+  w->Queue();
+  return p;
+}
+
+Napi::Value Info(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto h = handle_of(info);
+  lx::Model& m = *h->model;
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("backend", m.backend().name());
+  o.Set("threads", m.backend().threads());
+  o.Set("weightBytes", double(m.weight_bytes()));
+  o.Set("kvBytes", double(m.kv_bytes()));
+  o.Set("kvBlocks", m.kv_blocks());
+  o.Set("blockSize", m.block_size());
+  o.Set("maxStepTokens", m.max_step_tokens());
+  o.Set("maxOutRows", m.max_out_rows());
+  return o;
+}
+
+// loraLoad(slot, modules: [{layer, target, rank, scale, a: Float32Array, b: Float32Array}]) — copies on the
+// calling thread (the arrays belong to JavaScript), then returns. The engine never loads a slot a running step uses.
+Napi::Value LoraLoad(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto h = handle_of(info);
+  int slot = info[0].As<Napi::Number>().Int32Value();
+  if (!info[1].IsArray()) throw_invalid(env, "loraLoad(slot, modules): modules must be an array");
+  Napi::Array arr = info[1].As<Napi::Array>();
+  std::vector<lx::LoraModuleIn> mods;
+  std::vector<Napi::Float32Array> keep;
+  for (uint32_t i = 0; i < arr.Length(); i++) {
+    Napi::Object mo = arr.Get(i).As<Napi::Object>();
+    lx::LoraModuleIn mi;
+    mi.layer = get_int(mo, "layer", -2);
+    mi.target = get_int(mo, "target", -1);
+    mi.rank = get_int(mo, "rank", 0);
+    mi.scale = float(get_num(mo, "scale", 0));
+    if (!mo.Get("a").IsTypedArray() || !mo.Get("b").IsTypedArray()) throw_invalid(env, "LoRA module needs Float32Array a and b");
+    Napi::Float32Array a = mo.Get("a").As<Napi::Float32Array>(), b = mo.Get("b").As<Napi::Float32Array>();
+    mi.a = a.Data();
+    mi.b = b.Data();
+    const auto& c = h->model->config();
+    int di = mi.target == lx::kO ? c.n_heads * c.head_dim : mi.target == lx::kDown ? c.intermediate : c.hidden;
+    int dout = mi.target == lx::kQ ? c.n_heads * c.head_dim
+               : (mi.target == lx::kK || mi.target == lx::kV) ? c.n_kv * c.head_dim
+               : (mi.target == lx::kGate || mi.target == lx::kUp) ? c.intermediate
+               : mi.target == lx::kLmHead ? c.vocab : c.hidden;
+    if (a.ElementLength() != size_t(mi.rank) * di || b.ElementLength() != size_t(mi.rank) * dout)
+      throw_invalid(env, "LoRA module " + std::to_string(i) + ": A has " + std::to_string(a.ElementLength()) + " floats, B " +
+                             std::to_string(b.ElementLength()) + "; expected " + std::to_string(size_t(mi.rank) * di) + " and " +
+                             std::to_string(size_t(mi.rank) * dout));
+    mods.push_back(mi);
+    keep.push_back(a);
+    keep.push_back(b);
+  }
+  Status s = h->model->lora_load(slot, mods);
+  if (!s.ok()) throw make_error(env, s);
+  return Napi::Number::New(env, double(h->model->lora_bytes(slot)));
+}
+
+Napi::Value LoraFree(const Napi::CallbackInfo& info) {
+  auto h = handle_of(info);
+  Status s = h->model->lora_free(info[0].As<Napi::Number>().Int32Value());
+  if (!s.ok()) throw make_error(info.Env(), s);
+  return info.Env().Undefined();
+}
+
+Napi::Value Close(const Napi::CallbackInfo& info) {
+  auto* h = static_cast<std::shared_ptr<Handle>*>(info.Data());
+  (*h)->model.reset();  // a running step keeps its own reference until it ends
+  return info.Env().Undefined();
+}
+
+void LoadWorker::OnOK() {
+  Napi::Env env = Env();
+  if (!st_.ok()) {
+    deferred_.Reject(make_error(env, st_).Value());
+    return;
+  }
+  auto* hp = new std::shared_ptr<Handle>(std::make_shared<Handle>());
+  (*hp)->model = std::shared_ptr<lx::Model>(std::move(model_));
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("step", Napi::Function::New(env, Step, "step", hp));
+  o.Set("info", Napi::Function::New(env, Info, "info", hp));
+  o.Set("loraLoad", Napi::Function::New(env, LoraLoad, "loraLoad", hp));
+  o.Set("loraFree", Napi::Function::New(env, LoraFree, "loraFree", hp));
+  o.Set("close", Napi::Function::New(env, Close, "close", hp));
+  o.AddFinalizer([](Napi::Env, std::shared_ptr<Handle>* p) { delete p; }, hp);
+  deferred_.Resolve(o);
+}
+
+Napi::Value LoadModel(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsObject()) throw_invalid(env, "loadModel(options): options must be an object");
+  Napi::Object o = info[0].As<Napi::Object>();
+  lx::LoadOptions opt;
+  Napi::Object c = o.Get("config").As<Napi::Object>();
+  opt.cfg.vocab = get_int(c, "vocab", 0);
+  opt.cfg.hidden = get_int(c, "hidden", 0);
+  opt.cfg.intermediate = get_int(c, "intermediate", 0);
+  opt.cfg.n_layers = get_int(c, "layers", 0);
+  opt.cfg.n_heads = get_int(c, "heads", 0);
+  opt.cfg.n_kv = get_int(c, "kvHeads", 0);
+  opt.cfg.head_dim = get_int(c, "headDim", 0);
+  opt.cfg.rms_eps = float(get_num(c, "rmsEps", 1e-6));
+  opt.cfg.tied = get_bool(c, "tied", false);
+  opt.cfg.qkv_bias = get_bool(c, "qkvBias", false);
+  opt.cfg.inv_freq = F32(c, "invFreq", false);
+  opt.cfg.window = I32(c, "window", false);
+  Napi::Array files = o.Get("files").As<Napi::Array>();
+  for (uint32_t i = 0; i < files.Length(); i++) opt.files.push_back(files.Get(i).As<Napi::String>().Utf8Value());
+  Napi::Array ts = o.Get("tensors").As<Napi::Array>();
+  for (uint32_t i = 0; i < ts.Length(); i++) {
+    Napi::Object t = ts.Get(i).As<Napi::Object>();
+    lx::TensorRef r;
+    r.name = t.Get("name").As<Napi::String>().Utf8Value();
+    r.file = get_int(t, "file", -1);
+    int dt = get_int(t, "dtype", -1);
+    if (dt < 0 || dt > 2) throw_invalid(env, "tensor " + r.name + " has an unknown dtype code");
+    r.dtype = lx::DType(dt);
+    Napi::Array sh = t.Get("shape").As<Napi::Array>();
+    for (uint32_t j = 0; j < sh.Length(); j++) r.shape.push_back(int64_t(sh.Get(j).As<Napi::Number>().DoubleValue()));
+    r.offset = uint64_t(get_num(t, "offset", 0));
+    r.nbytes = uint64_t(get_num(t, "nbytes", 0));
+    opt.tensors.push_back(std::move(r));
+  }
+  opt.kv_blocks = get_int(o, "kvBlocks", 0);
+  opt.block_size = get_int(o, "blockSize", 16);
+  opt.max_step_tokens = get_int(o, "maxStepTokens", 512);
+  opt.max_out_rows = get_int(o, "maxOutRows", 64);
+  opt.threads = get_int(o, "threads", 0);
+  opt.reference = get_bool(o, "reference", false);
+  opt.weight_dtype = get_int(o, "weightDtype", -1);
+  opt.lora_slots = get_int(o, "loraSlots", 0);
+  opt.lora_max_rank = get_int(o, "loraMaxRank", 128);
+  auto* w = new LoadWorker(env, std::move(opt));
+  Napi::Promise p = w->promise();
+  w->Queue();
+  return p;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Kernel entry points for tests: kernel(name, reference, args) → result. Each builds a one-off backend.
+
+std::unique_ptr<lx::Backend>& test_backend(bool reference) {
+  static std::unique_ptr<lx::Backend> ref = lx::make_cpu_backend(true, 1), fast = lx::make_cpu_backend(false, 0);
+  return reference ? ref : fast;
+}
+
+Napi::Value Kernel(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string name = info[0].As<Napi::String>().Utf8Value();
+  bool reference = info[1].As<Napi::Boolean>().Value();
+  Napi::Object a = info[2].As<Napi::Object>();
+  lx::Backend& be = *test_backend(reference);
+  if (name == "linear") {
+    auto x = F32(a, "x", false);
+    int T = get_int(a, "T", 0), N = get_int(a, "N", 0), K = get_int(a, "K", 0), dt = get_int(a, "dtype", 0);
+    Napi::TypedArray w = a.Get("w").As<Napi::TypedArray>();
+    auto bias = F32(a, "bias", true);
+    auto y = F32(a, "y", true);
+    if (x.size() != size_t(T) * K || w.ByteLength() != size_t(N) * K * lx::dtype_size(lx::DType(dt)))
+      throw_invalid(env, "linear: sizes do not match T, N, K, dtype");
+    bool acc = !y.empty();
+    if (!acc) y.assign(size_t(T) * N, 0.f);
+    const uint8_t* wd = static_cast<const uint8_t*>(w.ArrayBuffer().Data()) + w.ByteOffset();
+    be.linear(x.data(), T, lx::Mat{wd, lx::DType(dt), N, K}, bias.empty() ? nullptr : bias.data(), y.data(), acc);
+    return to_js<float, Napi::Float32Array>(env, y);
+  }
+  if (name == "rmsnorm") {
+    auto x = F32(a, "x", false), w = F32(a, "w", false);
+    int T = get_int(a, "T", 0), H = int(w.size());
+    std::vector<float> out(x.size());
+    be.rmsnorm(x.data(), T, H, w.data(), float(get_num(a, "eps", 1e-6)), out.data());
+    return to_js<float, Napi::Float32Array>(env, out);
+  }
+  if (name == "rope") {
+    auto x = F32(a, "x", false), c = F32(a, "cos", false), s = F32(a, "sin", false);
+    be.rope(x.data(), get_int(a, "T", 0), get_int(a, "heads", 0), get_int(a, "headDim", 0), c.data(), s.data());
+    return to_js<float, Napi::Float32Array>(env, x);
+  }
+  if (name == "siluMul") {
+    auto g = F32(a, "gate", false), u = F32(a, "up", false);
+    std::vector<float> out(g.size());
+    be.silu_mul(g.data(), u.data(), int64_t(g.size()), out.data());
+    return to_js<float, Napi::Float32Array>(env, out);
+  }
+  if (name == "softmax") {
+    auto x = F32(a, "x", false);
+    be.softmax(x.data(), int64_t(x.size()));
+    return to_js<float, Napi::Float32Array>(env, x);
+  }
+  if (name == "attention") {
+    auto q = F32(a, "q", false), kc = F32(a, "k", false), vc = F32(a, "v", false);
+    auto kv_len = I32(a, "kvLen", false), kv_begin = I32(a, "kvBegin", false), tables = I32(a, "tables", false);
+    lx::AttnArgs aa;
+    aa.T = get_int(a, "T", 0);
+    aa.n_heads = get_int(a, "heads", 0);
+    aa.n_kv = get_int(a, "kvHeads", 0);
+    aa.head_dim = get_int(a, "headDim", 0);
+    aa.block_size = get_int(a, "blockSize", 16);
+    aa.scale = float(get_num(a, "scale", 1));
+    int max_blocks = get_int(a, "maxBlocks", 0);
+    std::vector<const int32_t*> bt(aa.T);
+    for (int t = 0; t < aa.T; t++) bt[t] = tables.data() + size_t(t) * max_blocks;
+    aa.kv_len = kv_len.data();
+    aa.kv_begin = kv_begin.data();
+    aa.block_table = bt.data();
+    aa.k_cache = kc.data();
+    aa.v_cache = vc.data();
+    std::vector<float> out(q.size());
+    be.attention(aa, q.data(), out.data());
+    return to_js<float, Napi::Float32Array>(env, out);
+  }
+  if (name == "lora") {
+    auto x = F32(a, "x", false), y = F32(a, "y", false);
+    int d_in = get_int(a, "dIn", 0), d_out = get_int(a, "dOut", 0);
+    Napi::Array gs = a.Get("groups").As<Napi::Array>();
+    std::vector<std::vector<float>> As, Bts;
+    std::vector<std::vector<int32_t>> toks;
+    std::vector<lx::LoraGroup> groups;
+    for (uint32_t i = 0; i < gs.Length(); i++) {
+      Napi::Object g = gs.Get(i).As<Napi::Object>();
+      As.push_back(F32(g, "a", false));
+      Bts.push_back(F32(g, "bt", false));
+      toks.push_back(I32(g, "tokens", false));
+    }
+    for (uint32_t i = 0; i < gs.Length(); i++) {
+      Napi::Object g = gs.Get(i).As<Napi::Object>();
+      groups.push_back(lx::LoraGroup{As[i].data(), Bts[i].data(), get_int(g, "rank", 0), float(get_num(g, "scale", 1)),
+                                     int(toks[i].size()), toks[i].data()});
+    }
+    be.lora(x.data(), d_in, y.data(), d_out, groups.data(), int(groups.size()));
+    return to_js<float, Napi::Float32Array>(env, y);
+  }
+  if (name == "sample") {
+    auto logits = F32(a, "logits", false);
+    auto pen_ids = I32(a, "penIds", true), pen_counts = I32(a, "penCounts", true);
+    auto mask = copy_array<uint32_t, Napi::Uint32Array>(env, a.Get("mask"), "mask", true);
+    lx::SampleRow r;
+    r.logits = logits.data();
+    r.sample = get_bool(a, "sample", true);
+    r.do_sample = get_bool(a, "doSample", false);
+    r.temperature = float(get_num(a, "temperature", 1));
+    r.top_p = float(get_num(a, "topP", 1));
+    r.typical_p = float(get_num(a, "typicalP", 1));
+    r.min_p = float(get_num(a, "minP", 0));
+    r.top_k = get_int(a, "topK", 0);
+    r.repetition_penalty = float(get_num(a, "repetitionPenalty", 1));
+    r.presence_penalty = float(get_num(a, "presencePenalty", 0));
+    r.frequency_penalty = float(get_num(a, "frequencyPenalty", 0));
+    r.seed = uint64_t(get_num(a, "seed", 0));
+    r.step = uint64_t(get_num(a, "step", 0));
+    r.n_top = get_int(a, "nTop", 0);
+    r.target = get_int(a, "target", -1);
+    r.pen_ids = pen_ids.data();
+    r.pen_counts = pen_counts.data();
+    r.n_pen = int(pen_ids.size());
+    r.mask = mask.empty() ? nullptr : mask.data();
+    std::vector<int32_t> top(r.n_top);
+    std::vector<float> toplp(r.n_top), work;
+    std::vector<int32_t> idx;
+    lx::SampleOut so;
+    so.top_ids = top.data();
+    so.top_logprobs = toplp.data();
+    lx::sample_row(be, r, int(logits.size()), reference, work, idx, so);
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("token", so.token);
+    o.Set("logprob", so.logprob);
+    o.Set("targetLogprob", so.target_logprob);
+    o.Set("topIds", to_js<int32_t, Napi::Int32Array>(env, top));
+    o.Set("topLogprobs", to_js<float, Napi::Float32Array>(env, toplp));
+    return o;
+  }
+  throw_invalid(env, "unknown kernel '" + name + "'");
+}
+
+Napi::Value Probe(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string what = info[0].As<Napi::String>().Utf8Value();
+  int threads = info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().Int32Value() : 0;
+  if (threads <= 0) threads = int(std::thread::hardware_concurrency());
+  if (what == "bandwidth") return Napi::Number::New(env, lx::probe_read_bandwidth(threads));
+  if (what == "fma") return Napi::Number::New(env, lx::probe_fma_flops(threads));
+  throw_invalid(env, "unknown probe '" + what + "' (bandwidth | fma)");
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("loadModel", Napi::Function::New(env, LoadModel, "loadModel"));
+  exports.Set("kernel", Napi::Function::New(env, Kernel, "kernel"));
+  exports.Set("probe", Napi::Function::New(env, Probe, "probe"));
+  exports.Set("fastKernels", Napi::Boolean::New(env, lx::fast::supported()));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(loraserve_native, Init)

@@ -1,0 +1,147 @@
+// The model: mapped weights, config, paged KV memory, the LoRA pool and one forward pass per engine step.
+// It computes only through the Backend interface and samples through sampler.h; no JavaScript types here.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend.h"
+#include "common.h"
+#include "sampler.h"
+
+namespace lx {
+
+struct ModelConfig {
+  int vocab = 0, hidden = 0, intermediate = 0, n_layers = 0, n_heads = 0, n_kv = 0, head_dim = 0;
+  float rms_eps = 1e-6f;
+  bool tied = false, qkv_bias = false;
+  std::vector<float> inv_freq;  // [head_dim/2] RoPE frequencies, scaling already applied
+  std::vector<int> window;      // [n_layers] sliding window in tokens, 0 = full attention
+};
+
+struct TensorRef {
+  std::string name;
+  int file = 0;
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+  uint64_t offset = 0, nbytes = 0;  // absolute byte range in the file
+};
+
+struct LoadOptions {
+  ModelConfig cfg;
+  std::vector<std::string> files;
+  std::vector<TensorRef> tensors;
+  int kv_blocks = 0, block_size = 16;
+  int max_step_tokens = 512, max_out_rows = 64;
+  int threads = 0;
+  bool reference = false;
+  int weight_dtype = -1;  // -1: as stored; else DType to convert matrices to at load
+  int lora_slots = 0;
+  int lora_max_rank = 128;
+};
+
+// LoRA target order, shared with the TypeScript side.
+enum LoraTarget { kQ = 0, kK, kV, kO, kGate, kUp, kDown, kLmHead, kNumTargets };
+
+struct StepInput {
+  int T = 0;
+  const int32_t* tokens = nullptr;     // [T]
+  const int32_t* positions = nullptr;  // [T] RoPE positions
+  const int32_t* kv_index = nullptr;   // [T] logical KV slot written by the token; null = positions
+  const int32_t* seq = nullptr;        // [T] index into the step's sequences
+  const int32_t* adapter = nullptr;    // [T] LoRA slot, -1 = base model
+  const int32_t* tree_base = nullptr;  // [T] or null: speculative tree rows (see AttnArgs)
+  const uint64_t* tree_mask = nullptr; // [T]
+  int S = 0;
+  const int32_t* bt_offsets = nullptr;  // [S+1] into bt
+  const int32_t* bt = nullptr;          // block ids of all sequences, flattened
+  int R = 0;
+  const int32_t* out_rows = nullptr;  // [R] rows that get logits
+  std::vector<SampleRow> rows;        // [R] sampling settings (logits pointers filled by the model)
+  int n_top = 0;                      // top alternatives per row in the output
+  bool want_logits = false;
+  bool want_hidden = false;           // final-normed hidden states of out rows (Medusa drafts)
+};
+
+struct StepOutput {
+  std::vector<int32_t> tokens;        // [R]
+  std::vector<float> logprobs;        // [R]
+  std::vector<float> target_logprobs; // [R]
+  std::vector<int32_t> top_ids;       // [R, n_top]
+  std::vector<float> top_logprobs;    // [R, n_top]
+  std::vector<float> logits;          // [R, vocab] when asked
+  std::vector<float> hidden;          // [R, hidden] when asked
+};
+
+struct LoraModuleIn {
+  int layer = -1;  // -1 for lm_head
+  int target = 0;  // LoraTarget
+  int rank = 0;
+  float scale = 0.f;
+  const float* a = nullptr;  // [rank, d_in]
+  const float* b = nullptr;  // [d_out, rank]
+};
+
+class Model {
+ public:
+  ~Model();
+  static Status load(const LoadOptions& opt, std::unique_ptr<Model>* out);
+  Status step(StepInput& in, StepOutput* out);
+
+  Status lora_load(int slot, const std::vector<LoraModuleIn>& modules);
+  Status lora_free(int slot);
+  size_t lora_bytes(int slot) const;
+
+  const ModelConfig& config() const { return cfg_; }
+  Backend& backend() { return *be_; }
+  int kv_blocks() const { return kv_blocks_; }
+  int block_size() const { return block_size_; }
+  size_t kv_bytes() const { return kv_.size() * sizeof(float); }
+  size_t weight_bytes() const { return weight_bytes_; }
+  int max_step_tokens() const { return max_T_; }
+  int max_out_rows() const { return max_R_; }
+
+ private:
+  Model() = default;
+  struct Layer {
+    Mat wq, wk, wv, wo, wg, wu, wd;
+    std::vector<float> bq, bk, bv, ln1, ln2;  // owned f32 copies of small vectors
+  };
+  struct LoraMod {
+    int rank = 0;
+    float scale = 0.f;
+    const float* A = nullptr;   // [rank, d_in]
+    const float* Bt = nullptr;  // [rank, d_out]
+  };
+  struct LoraSlot {
+    bool used = false;
+    std::vector<float> storage;
+    std::vector<LoraMod> mods;  // [n_layers * kNumTargets + 1]; the last is lm_head
+  };
+
+  void lora_mm(const float* x, int T, const Mat& W, const float* bias, int layer, int target,
+               float* y, bool accumulate);
+  int d_in(int target) const;
+  int d_out(int target) const;
+
+  ModelConfig cfg_;
+  std::unique_ptr<Backend> be_;
+  bool reference_ = false;
+  std::vector<std::pair<void*, size_t>> maps_;  // mmapped files
+  std::vector<std::vector<uint8_t>> owned_;     // converted matrices
+  size_t weight_bytes_ = 0;
+  Mat embed_, lm_head_;
+  std::vector<float> final_norm_;
+  std::vector<Layer> layers_;
+  int kv_blocks_ = 0, block_size_ = 16;
+  std::vector<float> kv_;  // per layer: K [n_blocks, n_kv, bs, hd] then V, layers back to back
+  int max_T_ = 0, max_R_ = 0;
+  std::vector<float> x_, xb_, q_, k_, v_, att_, gate_, up_, cos_, sin_, xo_, logits_;
+  std::vector<LoraSlot> lora_;
+  int lora_max_rank_ = 0;
+  std::vector<std::vector<int32_t>> slot_tokens_;  // per step: tokens of each active slot
+  std::vector<int> active_slots_;
+  std::vector<LoraGroup> groups_;
+};
+
+}  // namespace lx

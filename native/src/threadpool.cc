@@ -1,0 +1,85 @@
+// ThreadPool: generation-counter handoff with a bounded spin, then a condition variable.
+// Owns only thread lifetime and the barrier; what runs is the caller's business.
+#include "threadpool.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define LX_PAUSE() _mm_pause()
+#else
+#define LX_PAUSE() ((void)0)
+#endif
+
+namespace lx {
+
+ThreadPool::ThreadPool(int n_threads) : n_(n_threads < 1 ? 1 : n_threads) {
+  for (int t = 1; t < n_; t++) threads_.emplace_back([this, t] { worker(t); });
+}
+
+ThreadPool::~ThreadPool() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stop_.store(true);
+    generation_.fetch_add(1);
+  }
+  cv_.notify_all();
+  for (auto& th : threads_) th.join();
+}
+
+void ThreadPool::worker(int tid) {
+  uint64_t seen = 0;
+  for (;;) {
+    uint64_t g;
+    int spins = 0;
+    while ((g = generation_.load(std::memory_order_acquire)) == seen) {
+      if (++spins < 20000) {
+        LX_PAUSE();
+        continue;
+      }
+      std::unique_lock<std::mutex> lk(mu_);
+      sleepers_.fetch_add(1);
+      cv_.wait(lk, [&] { return generation_.load(std::memory_order_acquire) != seen; });
+      sleepers_.fetch_sub(1);
+      spins = 0;
+    }
+    seen = g;
+    if (stop_.load()) return;
+    (*job_)(tid, n_);
+    pending_.fetch_sub(1, std::memory_order_acq_rel);
+  }
+}
+
+void ThreadPool::run(const std::function<void(int, int)>& fn) {
+  if (n_ == 1) {
+    fn(0, 1);
+    return;
+  }
+  job_ = &fn;
+  pending_.store(n_ - 1, std::memory_order_release);
+  {
+    // The lock orders the generation bump against a worker that is about to sleep.
+    std::lock_guard<std::mutex> lk(mu_);
+    generation_.fetch_add(1, std::memory_order_acq_rel);
+  }
+  if (sleepers_.load() > 0) cv_.notify_all();
+  fn(0, n_);
+  while (pending_.load(std::memory_order_acquire) != 0) LX_PAUSE();
+}
+
+void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
+  if (n <= 0) return;
+  if (grain < 1) grain = 1;
+  int64_t units = (n + grain - 1) / grain;
+  int nt = int(units < n_ ? units : n_);
+  if (nt <= 1) {
+    fn(0, n);
+    return;
+  }
+  run([&](int tid, int) {
+    if (tid >= nt) return;
+    int64_t u0 = units * tid / nt, u1 = units * (tid + 1) / nt;
+    int64_t b = u0 * grain, e = u1 * grain < n ? u1 * grain : n;
+    if (b < e) fn(b, e);
+  });
+}
+
+}  // namespace lx

@@ -1,0 +1,39 @@
+// A fixed pool of worker threads that runs one parallel region at a time; the calling thread joins in.
+// Workers spin briefly for the next region (a decode step issues hundreds of them), then sleep.
+#pragma once
+#include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace lx {
+
+class ThreadPool {
+ public:
+  explicit ThreadPool(int n_threads);  // total threads including the caller; >= 1
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  int size() const { return n_; }
+  // Runs fn(tid, n_threads) on every thread (tid 0 = caller) and returns when all are done.
+  void run(const std::function<void(int, int)>& fn);
+  // Splits [0, n) into contiguous chunks of `grain`-aligned size, one per thread.
+  void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
+
+ private:
+  void worker(int tid);
+  int n_;
+  std::vector<std::thread> threads_;
+  const std::function<void(int, int)>* job_ = nullptr;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> pending_{0};
+  std::atomic<bool> stop_{false};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::atomic<int> sleepers_{0};
+};
+
+}  // namespace lx
