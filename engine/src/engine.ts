@@ -1,0 +1,428 @@
+// The in-process batching engine: accepts generation requests, runs the scheduler's steps on the backend one
+// at a time, and turns sampled tokens into per-request events (text deltas, logprobs, finish reasons).
+// It owns sequences, stop handling and detokenization; HTTP shapes live in server/, tensors in native/.
+import { EventEmitter } from "node:events";
+import crypto from "node:crypto";
+
+import { AsyncQueue } from "./async-queue.js";
+import { Backend, type BackendOptions, type RowSampling, type StepBatch } from "./backend.js";
+import { CancelledError, LoraserveError, OverloadedError, ValidationError } from "./errors.js";
+import type { ModelSpec } from "./model/config.js";
+import { PenaltyState, usesPenalties, validateSampling, type SamplingParams } from "./sampling.js";
+import { Scheduler, Sequence, type AdapterGate, type BatchEntry, type StepStats } from "./scheduler.js";
+import { StopMatcher } from "./stop.js";
+import { IncrementalDecoder, Tokenizer } from "./tokenizer.js";
+
+export interface EngineOptions extends Omit<BackendOptions, "loraSlots" | "loraMaxRank"> {
+  maxBatchPrefillTokens: number;
+  maxBatchTotalTokens?: number; // default: the KV pool's capacity
+  maxWaitingTokens: number;
+  waitingServedRatio: number;
+  maxConcurrentRequests: number;
+  maxInputLength?: number; // default: maxTotalTokens - 1
+  maxTotalTokens?: number; // default: min(model context, KV capacity)
+  loraSlots?: number;
+  loraMaxRank?: number;
+}
+
+export interface TopToken {
+  id: number;
+  logprob: number;
+  text: string;
+}
+
+export interface PromptToken {
+  id: number;
+  text: string;
+  logprob: number | null; // null for the first token
+}
+
+export type GenerationEvent =
+  | { type: "prompt"; tokens: PromptToken[] }
+  | {
+      type: "token";
+      index: number; // which of the request's n sequences
+      id: number;
+      /** The token's own text. */
+      text: string;
+      /** Text that became safe to show with this token (may be ""; stop sequences and partial characters held back). */
+      delta: string;
+      logprob: number;
+      special: boolean;
+      top?: TopToken[];
+    }
+  | {
+      type: "done";
+      index: number;
+      finishReason: "length" | "stop" | "eos";
+      stopSequence?: string;
+      /** Text released at the end (held-back characters), not yet sent in a delta. */
+      delta: string;
+      text: string;
+      generatedTokens: number;
+      promptTokens: number;
+      seed: bigint;
+      cumulativeLogprob: number;
+    };
+
+export interface GenerateRequest {
+  prompt: number[];
+  params: SamplingParams;
+  /** Sequences sampled from this prompt (n / best_of); they share its KV blocks. */
+  n?: number;
+  signal?: AbortSignal;
+  /** Adapter identity for the gate (null = base model). */
+  adapterKey?: string | null;
+  /** Optional per-sequence token mask provider (structured output). */
+  constraint?: () => TokenConstraint;
+  /** Called once when the request's sequences all left the engine (release adapter refs etc.). */
+  onSettled?: () => void;
+}
+
+/** A per-sequence grammar: which tokens may come next, and what was chosen. */
+export interface TokenConstraint {
+  mask(out: Uint32Array): void;
+  accept(token: number): void;
+  /** The grammar is complete: EOS is now the only way forward. */
+  isTerminated(): boolean;
+}
+
+export interface StepEvent {
+  stats: StepStats;
+  micros: number;
+  tokens: number;
+}
+
+interface SeqOut {
+  request: RequestState;
+  index: number;
+  params: SamplingParams;
+  seed: bigint;
+  penalties?: PenaltyState;
+  decoder: IncrementalDecoder;
+  stop: StopMatcher;
+  cumLogprob: number;
+  constraint?: TokenConstraint;
+  done: boolean;
+  /** Prompt tokens with log-probabilities gathered over prefill chunks. */
+  promptAcc?: PromptToken[];
+}
+
+interface RequestState {
+  queue: AsyncQueue<GenerationEvent>;
+  seqs: Sequence[];
+  open: number;
+  promptTokens: number;
+  settled: boolean;
+  onSettled?: () => void;
+}
+
+export class Engine extends EventEmitter {
+  readonly scheduler: Scheduler;
+  readonly maxTotalTokens: number;
+  readonly maxInputLength: number;
+  private outs = new Map<Sequence, SeqOut>();
+  private inflight = 0;
+  private running = false;
+  private stopped = false;
+  private wake?: () => void;
+  private readonly vocabWords: number;
+
+  constructor(
+    readonly backend: Backend,
+    readonly tokenizer: Tokenizer,
+    readonly opts: EngineOptions,
+  ) {
+    super();
+    const info = backend.info();
+    const capacity = info.kvBlocks * info.blockSize;
+    this.maxTotalTokens = Math.min(opts.maxTotalTokens ?? Math.min(backend.spec.maxPositions, capacity), capacity);
+    this.maxInputLength = Math.min(opts.maxInputLength ?? this.maxTotalTokens - 1, this.maxTotalTokens - 1);
+    this.scheduler = new Scheduler({
+      blockSize: info.blockSize,
+      numBlocks: info.kvBlocks,
+      maxBatchPrefillTokens: Math.min(opts.maxBatchPrefillTokens, info.maxStepTokens),
+      maxStepTokens: info.maxStepTokens,
+      maxBatchTotalTokens: opts.maxBatchTotalTokens ?? capacity,
+      maxOutRows: info.maxOutRows,
+      maxWaitingTokens: opts.maxWaitingTokens,
+      waitingServedRatio: opts.waitingServedRatio,
+    });
+    this.vocabWords = (backend.spec.vocabSize + 31) >>> 5;
+  }
+
+  static async create(modelDir: string, opts: EngineOptions): Promise<Engine> {
+    const backend = await Backend.load(modelDir, { ...opts, loraSlots: opts.loraSlots ?? 0, loraMaxRank: opts.loraMaxRank ?? 128 });
+    const tokenizer = Tokenizer.load(modelDir, backend.spec.eosTokenIds);
+    return new Engine(backend, tokenizer, opts);
+  }
+
+  get spec(): ModelSpec {
+    return this.backend.spec;
+  }
+
+  setAdapterGate(gate: AdapterGate): void {
+    this.scheduler.setGate(gate);
+  }
+
+  get requestsInFlight(): number {
+    return this.inflight;
+  }
+
+  /** Checks a prompt against the limits; returns it truncated to `truncate` tokens from the left if asked. */
+  validatePrompt(prompt: number[], maxNewTokens: number, truncate?: number): number[] {
+    if (truncate !== undefined && prompt.length > truncate) prompt = prompt.slice(prompt.length - truncate);
+    if (prompt.length === 0) throw new ValidationError("the prompt is empty: give at least one token of input", "inputs");
+    if (prompt.length > this.maxInputLength)
+      throw new ValidationError(`the prompt has ${prompt.length} tokens, more than max_input_length ${this.maxInputLength}: shorten it or set truncate`, "inputs");
+    if (prompt.length + maxNewTokens > this.maxTotalTokens)
+      throw new ValidationError(
+        `prompt (${prompt.length} tokens) + max_new_tokens (${maxNewTokens}) = ${prompt.length + maxNewTokens} exceeds max_total_tokens ${this.maxTotalTokens}: lower max_new_tokens`,
+        "max_new_tokens",
+      );
+    const V = this.backend.spec.vocabSize;
+    const bad = prompt.findIndex((t) => !Number.isInteger(t) || t < 0 || t >= V);
+    if (bad >= 0) throw new ValidationError(`token id ${prompt[bad]} at position ${bad} is out of range [0, ${V})`, "inputs");
+    return prompt;
+  }
+
+  /** Starts a generation; iterate the result for events. Throws Overloaded or Validation errors at once. */
+  generate(req: GenerateRequest): AsyncIterable<GenerationEvent> {
+    if (this.stopped) throw new OverloadedError("the server is shutting down");
+    if (this.inflight >= this.opts.maxConcurrentRequests)
+      throw new OverloadedError(`${this.inflight} requests in flight, the limit is ${this.opts.maxConcurrentRequests}: retry shortly`);
+    validateSampling(req.params);
+    const prompt = this.validatePrompt(req.prompt, req.params.maxNewTokens);
+    const n = req.n ?? 1;
+    if (!Number.isInteger(n) || n < 1) throw new ValidationError(`n must be an integer ≥ 1, got ${n}`, "n");
+    if (req.signal?.aborted) throw new CancelledError();
+
+    const state: RequestState = { queue: undefined!, seqs: [], open: n, promptTokens: prompt.length, settled: false, onSettled: req.onSettled };
+    state.queue = new AsyncQueue<GenerationEvent>(() => this.cancelRequest(state));
+    const baseSeed = req.params.seed ?? crypto.randomBytes(8).readBigUInt64LE();
+    for (let i = 0; i < n; i++) {
+      const seq = new Sequence(prompt, prompt.length, i === 0 && req.params.promptLogprobs, req.adapterKey ?? null, Date.now());
+      state.seqs.push(seq);
+      this.outs.set(seq, {
+        request: state,
+        index: i,
+        params: req.params,
+        seed: BigInt.asUintN(64, baseSeed + BigInt(i)),
+        penalties: usesPenalties(req.params) ? new PenaltyState(prompt, req.params.repetitionPenalty !== 1) : undefined,
+        decoder: new IncrementalDecoder(this.tokenizer, prompt),
+        stop: new StopMatcher(req.params.stop),
+        cumLogprob: 0,
+        constraint: req.constraint?.(),
+        done: false,
+      });
+    }
+    state.seqs[0].children = state.seqs.slice(1);
+    this.scheduler.add(state.seqs[0]);
+    for (const c of state.seqs.slice(1)) this.scheduler.add(c, true);
+    this.inflight++;
+    req.signal?.addEventListener("abort", () => this.cancelRequest(state), { once: true });
+    this.kick();
+    return state.queue;
+  }
+
+  private cancelRequest(state: RequestState): void {
+    if (state.settled) return;
+    for (const s of state.seqs) this.scheduler.cancel(s);
+    state.queue.fail(new CancelledError());
+    this.settle(state);
+    this.kick();
+  }
+
+  private settle(state: RequestState): void {
+    if (state.settled) return;
+    state.settled = true;
+    this.inflight--;
+    for (const s of state.seqs) this.outs.delete(s);
+    state.onSettled?.();
+  }
+
+  private kick(): void {
+    if (this.wake) {
+      const w = this.wake;
+      this.wake = undefined;
+      w();
+    }
+    if (!this.running) {
+      this.running = true;
+      void this.loop();
+    }
+  }
+
+  /** Stops accepting requests; resolves when in-flight ones are done. */
+  async drain(): Promise<void> {
+    this.stopped = true;
+    while (this.inflight > 0) await new Promise((r) => setTimeout(r, 20));
+  }
+
+  private async loop(): Promise<void> {
+    try {
+      for (;;) {
+        const plan = this.scheduler.schedule();
+        if (!plan) {
+          if (!this.scheduler.hasWork()) break;
+          // Work exists but nothing fits now (adapters loading): wait for a kick.
+          await new Promise<void>((r) => (this.wake = r));
+          continue;
+        }
+        await this.runStep(plan.entries, plan.stats);
+      }
+    } finally {
+      this.running = false;
+      if (this.scheduler.hasWork()) this.kick();
+    }
+  }
+
+  private async runStep(entries: BatchEntry[], stats: StepStats): Promise<void> {
+    const batch: StepBatch = { tokens: [], sequences: [], outRows: [], rows: [] };
+    const sampleRowOf = new Map<Sequence, number>();
+    const promptRowsOf = new Map<Sequence, number>(); // first out-row index of a sequence's prompt rows
+    entries.forEach((e, si) => {
+      const seq = e.seq, out = this.outs.get(seq)!;
+      batch.sequences.push({ blockTable: seq.blocks });
+      const base = batch.tokens.length;
+      for (let i = 0; i < e.count; i++)
+        batch.tokens.push({ token: seq.tokens[e.start + i], position: e.start + i, seq: si, adapterSlot: seq.adapterSlot });
+      if (e.promptRows > 0) {
+        promptRowsOf.set(seq, batch.outRows.length);
+        for (let i = 0; i < e.promptRows; i++) {
+          batch.outRows.push(base + i);
+          batch.rows.push(this.rowSampling(out, seq, false, seq.tokens[e.start + i + 1]));
+        }
+      }
+      if (e.sample) {
+        sampleRowOf.set(seq, batch.outRows.length);
+        batch.outRows.push(base + e.count - 1);
+        batch.rows.push(this.rowSampling(out, seq, true, -1));
+      }
+    });
+    let result;
+    try {
+      result = await this.backend.step(batch);
+    } catch (e) {
+      // A failed step fails the requests in it, not the server.
+      const err = e instanceof LoraserveError ? e : new LoraserveError("internal", `step failed: ${(e as Error).message}`);
+      for (const en of entries) {
+        const out = this.outs.get(en.seq);
+        this.scheduler.finish(en.seq);
+        if (out) {
+          out.request.queue.fail(err);
+          this.settle(out.request);
+        }
+      }
+      return;
+    }
+    this.emit("step", { stats, micros: result.micros, tokens: batch.tokens.length } satisfies StepEvent);
+
+    const sampled = new Map<Sequence, number>();
+    for (const [seq, r] of sampleRowOf) if (this.outs.has(seq) && !seq.cancelled) sampled.set(seq, result.tokens[r]);
+    this.scheduler.commit(entries, sampled);
+
+    for (const e of entries) {
+      const seq = e.seq, out = this.outs.get(seq);
+      if (!out || seq.cancelled) continue;
+      const pr = promptRowsOf.get(seq);
+      if (pr !== undefined) this.emitPromptRows(out, seq, e, pr, result.targetLogprobs);
+      const r = sampleRowOf.get(seq);
+      if (r === undefined) continue;
+      seq.promptLogprobs = false;
+      const nTop = result.topIds.length / Math.max(1, batch.outRows.length);
+      this.onToken(out, seq, result.tokens[r], result.logprobs[r], out.params.topLogprobs, result.topIds.subarray(r * nTop, r * nTop + nTop), result.topLogprobs.subarray(r * nTop, r * nTop + nTop));
+    }
+  }
+
+  private rowSampling(out: SeqOut, seq: Sequence, sample: boolean, target: number): RowSampling {
+    const p = out.params;
+    let mask: Uint32Array | undefined;
+    if (sample && out.constraint) {
+      mask = new Uint32Array(this.vocabWords);
+      if (out.constraint.isTerminated()) for (const id of this.tokenizer.eosIds) mask[id >>> 5] |= 1 << (id & 31);
+      else out.constraint.mask(mask);
+    }
+    return {
+      sample,
+      doSample: p.doSample,
+      temperature: p.temperature,
+      topK: p.topK,
+      topP: p.topP,
+      typicalP: p.typicalP,
+      minP: p.minP,
+      repetitionPenalty: p.repetitionPenalty,
+      presencePenalty: p.presencePenalty,
+      frequencyPenalty: p.frequencyPenalty,
+      seed: out.seed,
+      step: seq.generated,
+      nTop: sample ? p.topLogprobs : 0,
+      target,
+      penalties: sample ? out.penalties?.arrays() : undefined,
+      mask,
+    };
+  }
+
+  /** Prompt log-probabilities: rows [start, start+n) give the logprob of the token after each. */
+  private emitPromptRows(out: SeqOut, seq: Sequence, e: BatchEntry, firstRow: number, lps: Float32Array): void {
+    if (e.start === 0) out.promptAcc = [{ id: seq.tokens[0], text: this.tokenizer.decode([seq.tokens[0]], false), logprob: null }];
+    const acc = (out.promptAcc ??= []);
+    for (let i = 0; i < e.promptRows; i++) {
+      const id = seq.tokens[e.start + i + 1];
+      acc.push({ id, text: this.tokenizer.decode([id], false), logprob: lps[firstRow + i] });
+    }
+    if (e.start + e.promptRows >= seq.promptLen - 1) {
+      out.request.queue.push({ type: "prompt", tokens: acc });
+      out.promptAcc = undefined;
+    }
+  }
+
+  private onToken(out: SeqOut, seq: Sequence, id: number, logprob: number, nTop: number, topIds: Int32Array, topLps: Float32Array): void {
+    const p = out.params;
+    out.cumLogprob += logprob;
+    out.penalties?.add(id);
+    out.constraint?.accept(id);
+    const special = this.tokenizer.isSpecial(id);
+    const isEos = !p.ignoreEos && this.tokenizer.eosIds.includes(id);
+    const piece = isEos ? { text: "" } : out.stop.push(out.decoder.push(id));
+    const top =
+      nTop > 0
+        ? Array.from(topIds.subarray(0, nTop), (tid, i) => ({ id: tid, logprob: topLps[i], text: this.tokenizer.decode([tid], false) }))
+        : undefined;
+    out.request.queue.push({
+      type: "token",
+      index: out.index,
+      id,
+      text: this.tokenizer.decode([id], false),
+      delta: piece.text,
+      logprob,
+      special,
+      top,
+    });
+    let reason: "length" | "stop" | "eos" | undefined;
+    let stopSequence: string | undefined;
+    if (isEos) reason = "eos";
+    else if ("stop" in piece && piece.stop !== undefined) (reason = "stop"), (stopSequence = piece.stop);
+    else if (seq.generated >= p.maxNewTokens) reason = "length";
+    if (!reason) return;
+    const tail = reason === "stop" ? "" : out.stop.push(out.decoder.flush()).text + out.stop.flush();
+    this.scheduler.finish(seq);
+    out.done = true;
+    out.request.queue.push({
+      type: "done",
+      index: out.index,
+      finishReason: reason,
+      stopSequence,
+      delta: tail,
+      text: out.stop.fullText,
+      generatedTokens: seq.generated,
+      promptTokens: out.request.promptTokens,
+      seed: out.seed,
+      cumulativeLogprob: out.cumLogprob,
+    });
+    if (--out.request.open === 0) {
+      out.request.queue.end();
+      this.settle(out.request);
+    }
+  }
+}

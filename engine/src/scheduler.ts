@@ -1,0 +1,308 @@
+// The continuous-batching scheduler: pure logic, no I/O. Each step it takes one decode token from every running
+// sequence plus prefill chunks of others within the token, row and KV budgets; admits waiting sequences by free
+// KV blocks; preempts the newest running sequence (recompute later) when blocks run out; forks the n sequences
+// of one prompt onto shared prompt blocks. Tokens, text and sampling belong to the engine.
+import { BlockAllocator } from "./kv-blocks.js";
+
+export interface SchedulerConfig {
+  blockSize: number;
+  numBlocks: number;
+  /** Prefill tokens per step (the chunk size when one prompt is alone). */
+  maxBatchPrefillTokens: number;
+  /** Tokens per step in all (decode + prefill): the native activation buffers. */
+  maxStepTokens: number;
+  /** KV tokens running sequences may hold together. */
+  maxBatchTotalTokens: number;
+  /** Logit rows per step. */
+  maxOutRows: number;
+  /** LoRAX: decode steps a waiting request may be held back before it must join. */
+  maxWaitingTokens: number;
+  /** LoRAX: new requests join a running batch only if at least running × ratio of them are ready. */
+  waitingServedRatio: number;
+}
+
+/** Decides whether a sequence's adapter is ready (and pins it while the sequence runs). */
+export interface AdapterGate {
+  acquire(seq: Sequence): boolean;
+  release(seq: Sequence): void;
+}
+
+export const BASE_ONLY_GATE: AdapterGate = { acquire: () => true, release: () => {} };
+
+export type SeqState = "held" | "waiting" | "running" | "finished";
+
+let nextSeqId = 1;
+
+export class Sequence {
+  readonly id = nextSeqId++;
+  tokens: number[];
+  computed = 0; // tokens whose K/V are in the cache
+  blocks: number[] = [];
+  state: SeqState = "waiting";
+  admitOrder = 0;
+  preemptions = 0;
+  cancelled = false;
+  adapterSlot = -1;
+  /** Children of the same prompt start once this (index 0) sequence has prefilled it. */
+  children: Sequence[] = [];
+
+  constructor(
+    prompt: readonly number[],
+    readonly promptLen: number,
+    /** Rows of the prompt need log-probabilities (decoder_input_details). */
+    public promptLogprobs: boolean,
+    readonly adapterKey: string | null,
+    readonly arrival: number,
+  ) {
+    this.tokens = prompt.slice();
+  }
+
+  get generated(): number {
+    return this.tokens.length - this.promptLen;
+  }
+}
+
+/** One sequence's share of a step: tokens[start, start+count), sampling a token after the last if sample. */
+export interface BatchEntry {
+  seq: Sequence;
+  start: number;
+  count: number;
+  sample: boolean;
+  /** Rows that only want the logprob of the next prompt token (prompt logprobs), positions start.. */
+  promptRows: number;
+}
+
+export interface StepStats {
+  batchSize: number;
+  decodeTokens: number;
+  prefillTokens: number;
+  waiting: number;
+  running: number;
+  kvUsedBlocks: number;
+  kvTotalBlocks: number;
+  preemptions: number; // during this schedule
+}
+
+export class Scheduler {
+  readonly blocks: BlockAllocator;
+  private waiting: Sequence[] = [];
+  private running: Sequence[] = [];
+  private admitCounter = 0;
+  private stepsSinceAdmit = 0;
+  totalPreemptions = 0;
+
+  constructor(
+    readonly cfg: SchedulerConfig,
+    private gate: AdapterGate = BASE_ONLY_GATE,
+  ) {
+    this.blocks = new BlockAllocator(cfg.numBlocks);
+  }
+
+  setGate(gate: AdapterGate): void {
+    this.gate = gate;
+  }
+
+  /** KV capacity in tokens. */
+  get capacityTokens(): number {
+    return this.cfg.numBlocks * this.cfg.blockSize;
+  }
+
+  add(seq: Sequence, held = false): void {
+    seq.state = held ? "held" : "waiting";
+    if (!held) this.waiting.push(seq);
+  }
+
+  hasWork(): boolean {
+    return this.waiting.length > 0 || this.running.length > 0;
+  }
+
+  get waitingCount(): number {
+    return this.waiting.length;
+  }
+
+  get runningCount(): number {
+    return this.running.length;
+  }
+
+  /** Marks a sequence cancelled; its blocks go back at the next schedule(). */
+  cancel(seq: Sequence): void {
+    seq.cancelled = true;
+    for (const c of seq.children) if (c.state === "held") c.cancelled = true;
+  }
+
+  /** Releases a finished sequence's blocks at once. */
+  finish(seq: Sequence): void {
+    if (seq.state === "finished") return;
+    this.drop(seq);
+    seq.state = "finished";
+  }
+
+  private drop(seq: Sequence): void {
+    if (seq.state === "running") {
+      this.running.splice(this.running.indexOf(seq), 1);
+      this.gate.release(seq);
+    } else if (seq.state === "waiting") {
+      this.waiting.splice(this.waiting.indexOf(seq), 1);
+    }
+    this.blocks.release(seq.blocks);
+    seq.blocks = [];
+  }
+
+  private blocksFor(tokens: number): number {
+    return Math.ceil(tokens / this.cfg.blockSize);
+  }
+
+  private preempt(seq: Sequence): void {
+    this.running.splice(this.running.indexOf(seq), 1);
+    this.gate.release(seq);
+    this.blocks.release(seq.blocks);
+    seq.blocks = [];
+    seq.computed = 0;
+    seq.state = "waiting";
+    seq.preemptions++;
+    this.totalPreemptions++;
+    this.waiting.unshift(seq);
+  }
+
+  /** Builds the next step, or returns undefined when there is nothing to run. */
+  schedule(): { entries: BatchEntry[]; stats: StepStats } | undefined {
+    const { blockSize: bs } = this.cfg;
+    for (const s of [...this.waiting, ...this.running]) if (s.cancelled) this.finish(s);
+    let preempted = 0;
+    const entries: BatchEntry[] = [];
+    const inStep = new Set<Sequence>();
+    let tokens = 0, rows = 0;
+
+    // 1. One decode token for every running sequence that has finished its prefill.
+    for (const seq of [...this.running]) {
+      if (seq.state !== "running" || seq.computed !== seq.tokens.length - 1 || seq.computed < seq.promptLen) continue;
+      if (tokens + 1 > this.cfg.maxStepTokens || rows + 1 > this.cfg.maxOutRows) break;
+      const need = this.blocksFor(seq.computed + 1) - seq.blocks.length;
+      while (need > 0 && this.blocks.freeCount < need) {
+        const victim = [...this.running].reverse().find((s) => !inStep.has(s));
+        if (!victim) break;
+        this.preempt(victim);
+        preempted++;
+        if (victim === seq) break;
+      }
+      if (seq.state !== "running") continue;
+      if (need > 0) {
+        const got = this.blocks.alloc(need);
+        if (!got) continue; // every other sequence is already in this step: wait for the next one
+        seq.blocks.push(...got);
+      }
+      entries.push({ seq, start: seq.computed, count: 1, sample: true, promptRows: 0 });
+      inStep.add(seq);
+      tokens++;
+      rows++;
+    }
+
+    // 2. Prefill chunks: running sequences mid-prefill first, then admissions from the waiting queue.
+    let prefill = 0;
+    const chunkOf = (seq: Sequence): BatchEntry | undefined => {
+      const remaining = seq.tokens.length - seq.computed;
+      let count = Math.min(remaining, this.cfg.maxBatchPrefillTokens - prefill, this.cfg.maxStepTokens - tokens);
+      const wantsPromptRows = seq.promptLogprobs && seq.computed < seq.promptLen;
+      if (wantsPromptRows) count = Math.min(count, this.cfg.maxOutRows - rows);
+      if (count <= 0) return undefined;
+      const sample = seq.computed + count === seq.tokens.length;
+      if (!wantsPromptRows && sample && rows + 1 > this.cfg.maxOutRows) return undefined;
+      // Prompt rows: every row whose next token is still in the prompt.
+      const promptRows = wantsPromptRows ? Math.max(0, Math.min(seq.computed + count, seq.promptLen - 1) - seq.computed) : 0;
+      return { seq, start: seq.computed, count, sample, promptRows };
+    };
+    const take = (e: BatchEntry) => {
+      entries.push(e);
+      inStep.add(e.seq);
+      tokens += e.count;
+      prefill += e.count;
+      rows += e.promptRows + (e.sample ? 1 : 0);
+    };
+    for (const seq of this.running) {
+      if (inStep.has(seq) || seq.computed >= seq.tokens.length) continue;
+      const e = chunkOf(seq);
+      if (e) take(e);
+    }
+
+    const minJoin =
+      this.running.length === 0 || this.stepsSinceAdmit >= this.cfg.maxWaitingTokens
+        ? 0
+        : Math.floor(this.running.length * this.cfg.waitingServedRatio);
+    if (this.waiting.length > 0 && this.waiting.length >= minJoin) {
+      let kvHeld = this.running.reduce((a, s) => a + s.tokens.length, 0);
+      const skipped: Sequence[] = [];
+      while (this.waiting.length > 0 && prefill < this.cfg.maxBatchPrefillTokens && tokens < this.cfg.maxStepTokens) {
+        const seq = this.waiting[0];
+        const need = this.blocksFor(seq.tokens.length) - seq.blocks.length;
+        if (need > this.blocks.freeCount || kvHeld + seq.tokens.length > this.cfg.maxBatchTotalTokens) break;
+        if (!this.gate.acquire(seq)) {
+          // Its adapter is not ready: let the next request go first, keep this one's place.
+          skipped.push(this.waiting.shift()!);
+          continue;
+        }
+        this.waiting.shift();
+        seq.blocks.push(...this.blocks.alloc(need)!);
+        seq.state = "running";
+        seq.admitOrder = ++this.admitCounter;
+        this.running.push(seq);
+        kvHeld += seq.tokens.length;
+        const e = chunkOf(seq);
+        if (e) take(e);
+        else break;
+      }
+      this.waiting.unshift(...skipped);
+      this.stepsSinceAdmit = 0;
+    } else {
+      this.stepsSinceAdmit++;
+    }
+
+    if (entries.length === 0) return undefined;
+    return {
+      entries,
+      stats: {
+        batchSize: entries.length,
+        decodeTokens: entries.filter((e) => e.count === 1 && e.start >= e.seq.promptLen).length,
+        prefillTokens: prefill,
+        waiting: this.waiting.length,
+        running: this.running.length,
+        kvUsedBlocks: this.blocks.usedCount,
+        kvTotalBlocks: this.cfg.numBlocks,
+        preemptions: preempted,
+      },
+    };
+  }
+
+  /**
+   * Records a finished step: computed advances, sampled tokens are appended by the caller beforehand via
+   * `sampled`. A sequence index 0 that just finished prefilling its prompt releases its children onto the
+   * shared prompt blocks (all but the block holding the last prompt token, which each child recomputes).
+   */
+  commit(entries: BatchEntry[], sampled: Map<Sequence, number>): void {
+    for (const e of entries) {
+      const seq = e.seq;
+      if (seq.state !== "running") continue;
+      seq.computed = e.start + e.count;
+      const tok = sampled.get(seq);
+      if (tok !== undefined) seq.tokens.push(tok);
+      if (seq.computed >= seq.promptLen && seq.children.length > 0) this.fork(seq);
+    }
+  }
+
+  private fork(parent: Sequence): void {
+    const shared = Math.floor((parent.promptLen - 1) / this.cfg.blockSize);
+    const share = parent.blocks.slice(0, shared);
+    for (const c of parent.children) {
+      if (c.state !== "held") continue;
+      if (c.cancelled) {
+        c.state = "finished";
+        continue;
+      }
+      this.blocks.share(share);
+      c.blocks = share.slice();
+      c.computed = shared * this.cfg.blockSize;
+      c.state = "waiting";
+      this.waiting.unshift(c);
+    }
+    parent.children = [];
+  }
+}

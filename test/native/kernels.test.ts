@@ -1,0 +1,158 @@
+// Every fast CPU kernel against its plain reference, over random shapes including sizes that are not
+// multiples of the SIMD width, and every weight dtype.
+import { describe, expect, it } from "vitest";
+
+import { encodeTensor, type DType } from "../../engine/src/model/safetensors.js";
+import { native } from "../../engine/src/native.js";
+import { rng } from "../helpers/tiny.js";
+
+const k = native();
+const R = rng(7);
+const randn = (n: number, s = 1) => Float32Array.from({ length: n }, () => (R(2) - 1) * s);
+const maxDiff = (a: Float32Array, b: Float32Array) => {
+  expect(a.length).toBe(b.length);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
+  return m;
+};
+const both = (name: string, args: Record<string, unknown>) => [k.kernel(name, true, args), k.kernel(name, false, args)];
+
+describe("fast kernels match the reference", () => {
+  it("runs the AVX2 path on this machine", () => {
+    expect(k.fastKernels).toBe(true);
+  });
+
+  const shapes: [number, number, number][] = [
+    [1, 1, 1], [1, 7, 5], [1, 8, 16], [1, 300, 33], [2, 9, 17], [3, 31, 4], [4, 257, 19], [5, 64, 3],
+    [7, 1023, 40], [17, 256, 48], [33, 520, 21], [64, 96, 70],
+  ];
+  for (const dtype of ["F32", "BF16", "F16"] as DType[]) {
+    it.each(shapes)(`linear ${dtype} T=%i K=%i N=%i, with bias and accumulate`, (T, K, N) => {
+      const w = encodeTensor(randn(N * K, 0.5), dtype);
+      const code = { F32: 0, F16: 1, BF16: 2 }[dtype];
+      const args = { x: randn(T * K), T, K, N, w: new Uint8Array(w), dtype: code, bias: randn(N) };
+      const [a, b] = both("linear", args);
+      expect(maxDiff(a, b)).toBeLessThan(1e-4 * Math.sqrt(K));
+      const y = randn(T * N);
+      const [c, d] = both("linear", { ...args, bias: undefined, y });
+      expect(maxDiff(c, d)).toBeLessThan(1e-4 * Math.sqrt(K));
+      // accumulate really adds to y
+      const [e] = both("linear", { ...args, bias: undefined });
+      expect(maxDiff(c, Float32Array.from(e, (v: number, i) => v + y[i]))).toBeLessThan(1e-5 * Math.sqrt(K));
+    });
+  }
+
+  it("linear is batch invariant: a row's result does not depend on T", () => {
+    const K = 333, N = 45;
+    const w = new Uint8Array(encodeTensor(randn(N * K), "BF16"));
+    const x = randn(40 * K);
+    const all = k.kernel("linear", false, { x, T: 40, K, N, w, dtype: 2 }) as Float32Array;
+    for (const [t0, T] of [[0, 1], [5, 2], [7, 3], [11, 4], [20, 13]]) {
+      const part = k.kernel("linear", false, { x: x.slice(t0 * K, (t0 + T) * K), T, K, N, w, dtype: 2 }) as Float32Array;
+      expect(Array.from(part)).toEqual(Array.from(all.slice(t0 * N, (t0 + T) * N)));
+    }
+  });
+
+  it.each([[1, 8], [3, 13], [9, 64], [17, 1000]])("rmsnorm T=%i H=%i", (T, H) => {
+    const [a, b] = both("rmsnorm", { x: randn(T * H, 3), T, w: randn(H), eps: 1e-5 });
+    expect(maxDiff(a, b)).toBeLessThan(1e-5);
+  });
+
+  it.each([[1, 2, 8], [3, 4, 24], [9, 1, 10], [5, 6, 128]])("rope T=%i heads=%i head_dim=%i", (T, heads, hd) => {
+    const half = hd / 2;
+    const ang = Float32Array.from({ length: T * half }, () => R(100));
+    const args = { x: randn(T * heads * hd), T, heads, headDim: hd, cos: ang.map(Math.cos), sin: ang.map(Math.sin) };
+    const [a, b] = both("rope", args);
+    expect(maxDiff(a, b)).toBeLessThan(1e-5);
+  });
+
+  it.each([1, 7, 8, 9, 1000, 4099])("silu·mul n=%i", (n) => {
+    const [a, b] = both("siluMul", { gate: randn(n, 10), up: randn(n) });
+    expect(maxDiff(a, b)).toBeLessThan(1e-5);
+  });
+
+  it.each([1, 5, 8, 33, 32000])("softmax n=%i (with -inf entries)", (n) => {
+    const x = randn(n, 20);
+    if (n > 3) x[2] = -Infinity;
+    const [a, b] = both("softmax", { x });
+    expect(maxDiff(a, b)).toBeLessThan(1e-6);
+    expect(b.reduce((s: number, v: number) => s + v, 0)).toBeCloseTo(1, 5);
+  });
+
+  it.each([
+    [1, 4, 4, 8, 0],
+    [5, 4, 2, 16, 0],
+    [7, 6, 2, 24, 3],
+    [16, 8, 1, 64, 0],
+    [9, 4, 4, 36, 5],
+  ])("paged attention T=%i heads=%i kv=%i head_dim=%i window=%i", (T, heads, kvHeads, hd, window) => {
+    const bs = 4, nBlocks = 40, maxBlocks = 12;
+    const k1 = randn(nBlocks * kvHeads * bs * hd), v1 = randn(nBlocks * kvHeads * bs * hd);
+    // Tokens from different sequences with scattered block tables and different context lengths.
+    const tables = new Int32Array(T * maxBlocks);
+    const kvLen = new Int32Array(T), kvBegin = new Int32Array(T);
+    for (let t = 0; t < T; t++) {
+      for (let b = 0; b < maxBlocks; b++) tables[t * maxBlocks + b] = Math.floor(R(nBlocks));
+      kvLen[t] = 1 + Math.floor(R(maxBlocks * bs - 1));
+      kvBegin[t] = window ? Math.max(0, kvLen[t] - window) : 0;
+    }
+    const args = { q: randn(T * heads * hd), k: k1, v: v1, T, heads, kvHeads, headDim: hd, blockSize: bs, scale: 1 / Math.sqrt(hd), maxBlocks, tables, kvLen, kvBegin };
+    const [a, b] = both("attention", args);
+    expect(maxDiff(a, b)).toBeLessThan(1e-5);
+  });
+
+  it("LoRA: mixed ranks, scattered tokens, a segment longer than a chunk", () => {
+    const dIn = 37, dOut = 29, T = 40;
+    const groups = [
+      { rank: 1, scale: 2, tokens: Int32Array.from([3]) },
+      { rank: 8, scale: 0.5, tokens: Int32Array.from({ length: 21 }, (_, i) => i + 10) },
+      { rank: 13, scale: 1.25, tokens: Int32Array.from([0, 2, 39, 5]) },
+    ].map((g) => ({ ...g, a: randn(g.rank * dIn), bt: randn(g.rank * dOut) }));
+    const args = { x: randn(T * dIn), y: randn(T * dOut), dIn, dOut, groups };
+    const [a, b] = both("lora", args);
+    expect(maxDiff(a, b)).toBeLessThan(1e-4);
+    expect(maxDiff(a, args.y)).toBeGreaterThan(1e-3); // it did something
+  });
+
+  describe("sampling", () => {
+    const V = 5000;
+    it("greedy, top-N logprobs and target logprob agree exactly in choice", () => {
+      for (let i = 0; i < 20; i++) {
+        const logits = randn(V, 5);
+        const args = { logits, nTop: 5, target: 17 };
+        const [a, b] = both("sample", args);
+        expect(b.token).toBe(a.token);
+        expect(Array.from(b.topIds)).toEqual(Array.from(a.topIds));
+        expect(Math.abs(a.targetLogprob - b.targetLogprob)).toBeLessThan(1e-5);
+        let best = 0;
+        for (let j = 1; j < V; j++) if (logits[j] > logits[best]) best = j;
+        expect(a.token).toBe(best);
+      }
+    });
+    it("sampling with filters picks the same token from the same draw", () => {
+      let same = 0;
+      const N = 200;
+      for (let i = 0; i < N; i++) {
+        const args = {
+          logits: randn(V, 4), doSample: true, temperature: 0.7 + R(0.6), topK: i % 3 ? 0 : 50, topP: i % 2 ? 0.9 : 1,
+          typicalP: i % 5 ? 1 : 0.8, minP: i % 7 ? 0 : 0.05, seed: 1000 + i, step: i,
+          repetitionPenalty: 1.3, presencePenalty: 0.2, frequencyPenalty: 0.1, penIds: Int32Array.from([1, 2, 3]), penCounts: Int32Array.from([0, 1, 5]),
+        };
+        const [a, b] = both("sample", args);
+        if (a.token === b.token) same++;
+      }
+      expect(same).toBeGreaterThanOrEqual(N - 2); // float vs double softmax may flip a draw at a boundary
+    });
+    it("a mask restricts the choice", () => {
+      const mask = new Uint32Array(Math.ceil(V / 32));
+      mask[100 >> 5] |= 1 << (100 & 31);
+      mask[4321 >> 5] |= 1 << (4321 & 31);
+      for (const reference of [true, false]) {
+        for (let i = 0; i < 10; i++) {
+          const r = k.kernel("sample", reference, { logits: randn(V, 5), doSample: true, seed: i, mask });
+          expect([100, 4321]).toContain(r.token);
+        }
+      }
+    });
+  });
+});
