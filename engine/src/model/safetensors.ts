@@ -99,22 +99,45 @@ export interface TensorToWrite {
 
 /** Writes a safetensors file (tensors in the given order, 8-byte aligned header). */
 export function writeSafetensors(file: string, tensors: TensorToWrite[], metadata?: Record<string, string>): void {
+  const byName = new Map(tensors.map((t) => [t.name, t.data]));
+  writeSafetensorsStreaming(file, tensors, (name) => byName.get(name)!, metadata);
+}
+
+/**
+ * Writes a safetensors file tensor by tensor: `data(name)` is asked for each tensor's float32 values in turn,
+ * so files larger than memory can be written. Written to a temporary name, then renamed.
+ */
+export function writeSafetensorsStreaming(
+  file: string,
+  specs: { name: string; dtype: DType; shape: number[] }[],
+  data: (name: string) => Float32Array,
+  metadata?: Record<string, string>,
+): void {
   const header: Record<string, unknown> = {};
   if (metadata) header.__metadata__ = metadata;
   let off = 0;
-  const bufs: Buffer[] = [];
-  for (const t of tensors) {
-    const buf = encodeTensor(t.data, t.dtype);
-    header[t.name] = { dtype: t.dtype, shape: t.shape, data_offsets: [off, off + buf.length] };
-    off += buf.length;
-    bufs.push(buf);
+  for (const t of specs) {
+    const n = t.shape.reduce((a, d) => a * d, 1) * DTYPE_BYTES[t.dtype];
+    header[t.name] = { dtype: t.dtype, shape: t.shape, data_offsets: [off, off + n] };
+    off += n;
   }
   let hjson = JSON.stringify(header);
   hjson += " ".repeat((8 - (Buffer.byteLength(hjson) % 8)) % 8);
   const len = Buffer.alloc(8);
   len.writeBigUInt64LE(BigInt(Buffer.byteLength(hjson)));
   const tmp = `${file}.tmp-${process.pid}`;
-  fs.writeFileSync(tmp, Buffer.concat([len, Buffer.from(hjson), ...bufs]));
+  const fd = fs.openSync(tmp, "w");
+  try {
+    fs.writeSync(fd, len);
+    fs.writeSync(fd, Buffer.from(hjson));
+    for (const t of specs) {
+      const buf = encodeTensor(data(t.name), t.dtype);
+      if (buf.length !== t.shape.reduce((a, d) => a * d, 1) * DTYPE_BYTES[t.dtype]) throw new Error(`tensor ${t.name}: data does not match shape ${JSON.stringify(t.shape)}`);
+      fs.writeSync(fd, buf);
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
   fs.renameSync(tmp, file);
 }
 
