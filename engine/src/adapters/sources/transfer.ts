@@ -2,7 +2,8 @@
 // Knows no source: callers classify upstream answers and map final failures to their own messages.
 
 import { createHash, randomBytes, type Hash } from "node:crypto";
-import { open, rename, rm } from "node:fs/promises";
+import { createWriteStream } from "node:fs";
+import { rename, rm } from "node:fs/promises";
 import { Transform, type Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -189,13 +190,13 @@ export async function writeStreamAtomically(body: Readable, dest: string, opts: 
       done(null, chunk);
     },
   });
-  const fh = await open(tmp, "wx");
   try {
     stall = setTimeout(() => {
       opts.onStall?.();
       body.destroy(new TransientError(`no data for ${opts.stallMs} ms`, undefined, true));
     }, opts.stallMs);
-    await pipeline(body, meter, fh.createWriteStream({ autoClose: false }));
+    // `flush`: fsync before close, so a renamed blob is never an empty file after a crash.
+    await pipeline(body, meter, createWriteStream(tmp, { flags: "wx", flush: true }));
     clearTimeout(stall);
     if (opts.expectedBytes !== undefined && bytes !== opts.expectedBytes) {
       throw new TransientError(`truncated download: got ${bytes} of ${opts.expectedBytes} bytes`);
@@ -204,8 +205,6 @@ export async function writeStreamAtomically(body: Readable, dest: string, opts: 
       const got = hash.digest("hex");
       if (got !== opts.hash.hex) throw new TransientError(`corrupt download: ${opts.hash.algo} ${got}, expected ${opts.hash.hex}`);
     }
-    await fh.sync();
-    await fh.close();
     await rename(tmp, dest);
     if (report && opts.expectedBytes !== undefined && opts.expectedBytes >= opts.progress.minBytes) {
       opts.log.info({ what: opts.what, bytes, ms: Date.now() - started }, "adapter download done");
@@ -213,7 +212,6 @@ export async function writeStreamAtomically(body: Readable, dest: string, opts: 
     return bytes;
   } catch (err) {
     clearTimeout(stall);
-    await fh.close().catch(() => undefined);
     await rm(tmp, { force: true });
     if (err instanceof TransientError) throw err;
     throw networkCode(err) !== undefined || isStreamCut(err) ? new TransientError(`download cut: ${describe(err)}`) : err;
