@@ -11,7 +11,7 @@ import type { ModelSpec } from "./model/config.js";
 import { PenaltyState, usesPenalties, validateSampling, type SamplingParams } from "./sampling.js";
 import { Scheduler, Sequence, type AdapterGate, type BatchEntry, type StepStats } from "./scheduler.js";
 import { StopMatcher } from "./stop.js";
-import { IncrementalDecoder, Tokenizer } from "./tokenizer.js";
+import { IncrementalDecoder, Tokenizer, type ChatMessage } from "./tokenizer.js";
 
 export interface EngineOptions extends Omit<BackendOptions, "loraSlots" | "loraMaxRank"> {
   maxBatchPrefillTokens: number;
@@ -37,6 +37,21 @@ export interface PromptToken {
   logprob: number | null; // null for the first token
 }
 
+/** How a sequence ended; carried by its last token event. */
+export interface FinishInfo {
+  reason: "length" | "stop" | "eos";
+  stopSequence?: string;
+  /** The whole generated text (stop sequence excluded). */
+  text: string;
+  generatedTokens: number;
+  promptTokens: number;
+  seed: bigint;
+  cumulativeLogprob: number;
+  /** Milliseconds from arrival to first scheduling, and from first scheduling to the end. */
+  queueMs: number;
+  inferenceMs: number;
+}
+
 export type GenerationEvent =
   | { type: "prompt"; tokens: PromptToken[] }
   | {
@@ -45,24 +60,14 @@ export type GenerationEvent =
       id: number;
       /** The token's own text. */
       text: string;
-      /** Text that became safe to show with this token (may be ""; stop sequences and partial characters held back). */
+      /** Text that became safe to show with this token (may be ""; stop sequences and partial characters are
+       * held back; on the last token it includes whatever was held). */
       delta: string;
       logprob: number;
       special: boolean;
       top?: TopToken[];
-    }
-  | {
-      type: "done";
-      index: number;
-      finishReason: "length" | "stop" | "eos";
-      stopSequence?: string;
-      /** Text released at the end (held-back characters), not yet sent in a delta. */
-      delta: string;
-      text: string;
-      generatedTokens: number;
-      promptTokens: number;
-      seed: bigint;
-      cumulativeLogprob: number;
+      /** Present on the sequence's last token. */
+      finish?: FinishInfo;
     };
 
 export interface GenerateRequest {
@@ -85,6 +90,45 @@ export interface TokenConstraint {
   accept(token: number): void;
   /** The grammar is complete: EOS is now the only way forward. */
   isTerminated(): boolean;
+}
+
+/** What a request asks of adapters: one adapter by id, or a merge of several. */
+export type AdapterRequest =
+  | { id: string; source?: string; token?: string }
+  | { merged: { ids: string[]; weights?: number[]; mergeStrategy?: string; density?: number; majoritySignMethod?: string }; source?: string; token?: string };
+
+/** An adapter held for one request: its scheduler key and chat template; released when the request ends. */
+export interface AdapterLease {
+  key: string;
+  chatTemplate?: string;
+  release(): void;
+}
+
+/** Resolves, checks access to and fetches adapters; gates scheduling on their residency. */
+export interface AdapterProvider {
+  acquire(req: AdapterRequest, signal?: AbortSignal): Promise<AdapterLease>;
+  readonly gate: AdapterGate;
+}
+
+export type PromptInput = { text: string; addSpecialTokens?: boolean } | { tokens: number[] } | { messages: ChatMessage[] };
+
+export interface SubmitRequest {
+  input: PromptInput;
+  adapter?: AdapterRequest;
+  params: SamplingParams;
+  n?: number;
+  /** Keep only the last `truncate` prompt tokens. */
+  truncate?: number;
+  signal?: AbortSignal;
+  constraint?: () => TokenConstraint;
+}
+
+export interface Submission {
+  promptIds: number[];
+  /** The rendered prompt text (chat template applied), when the input was text or messages. */
+  promptText?: string;
+  adapterKey: string | null;
+  events: AsyncIterable<GenerationEvent>;
 }
 
 export interface StepEvent {
@@ -161,8 +205,52 @@ export class Engine extends EventEmitter {
     return this.backend.spec;
   }
 
-  setAdapterGate(gate: AdapterGate): void {
-    this.scheduler.setGate(gate);
+  private adapters?: AdapterProvider;
+
+  setAdapterProvider(p: AdapterProvider): void {
+    this.adapters = p;
+    this.scheduler.setGate(p.gate);
+  }
+
+  /**
+   * Takes a request from the API layer: acquires its adapter (access check and fetch) while the prompt is
+   * tokenized and validated, then queues it. Every failure happens here, before any event is produced.
+   */
+  async submit(req: SubmitRequest): Promise<Submission> {
+    if (this.stopped) throw new OverloadedError("the server is shutting down");
+    if (this.inflight >= this.opts.maxConcurrentRequests)
+      throw new OverloadedError(`${this.inflight} requests in flight, the limit is ${this.opts.maxConcurrentRequests}: retry shortly`);
+    validateSampling(req.params);
+    const leaseP = req.adapter
+      ? this.adapters
+        ? this.adapters.acquire(req.adapter, req.signal)
+        : Promise.reject(new ValidationError("this server has no adapter support configured", "adapter_id"))
+      : undefined;
+    let lease: AdapterLease | undefined;
+    try {
+      let ids: number[], text: string | undefined;
+      if ("messages" in req.input) {
+        lease = await leaseP;
+        ({ ids, text } = this.tokenizer.applyChatTemplate(req.input.messages, { template: lease?.chatTemplate }));
+      } else if ("text" in req.input) {
+        text = req.input.text;
+        ids = this.tokenizer.encode(text, req.input.addSpecialTokens ?? true);
+        lease = await leaseP;
+      } else {
+        ids = req.input.tokens;
+        lease = await leaseP;
+      }
+      const prompt = this.validatePrompt(ids, req.params.maxNewTokens, req.truncate);
+      const events = this.generate({
+        prompt, params: req.params, n: req.n, signal: req.signal, adapterKey: lease?.key ?? null,
+        constraint: req.constraint, onSettled: () => lease?.release(),
+      });
+      return { promptIds: prompt, promptText: text, adapterKey: lease?.key ?? null, events };
+    } catch (e) {
+      if (lease) lease.release();
+      else leaseP?.then((l) => l.release(), () => {});
+      throw e;
+    }
   }
 
   get requestsInFlight(): number {
@@ -382,45 +470,44 @@ export class Engine extends EventEmitter {
     out.cumLogprob += logprob;
     out.penalties?.add(id);
     out.constraint?.accept(id);
-    const special = this.tokenizer.isSpecial(id);
     const isEos = !p.ignoreEos && this.tokenizer.eosIds.includes(id);
-    const piece = isEos ? { text: "" } : out.stop.push(out.decoder.push(id));
-    const top =
-      nTop > 0
-        ? Array.from(topIds.subarray(0, nTop), (tid, i) => ({ id: tid, logprob: topLps[i], text: this.tokenizer.decode([tid], false) }))
-        : undefined;
+    const piece = isEos ? { text: "" as string, stop: undefined as string | undefined } : out.stop.push(out.decoder.push(id));
+    let reason: FinishInfo["reason"] | undefined;
+    if (isEos) reason = "eos";
+    else if (piece.stop !== undefined) reason = "stop";
+    else if (seq.generated >= p.maxNewTokens) reason = "length";
+    let delta = piece.text;
+    let finish: FinishInfo | undefined;
+    if (reason) {
+      if (reason !== "stop") delta += out.stop.push(out.decoder.flush()).text + out.stop.flush();
+      this.scheduler.finish(seq);
+      out.done = true;
+      const now = Date.now();
+      const started = seq.firstScheduledAt ?? now;
+      finish = {
+        reason,
+        stopSequence: piece.stop,
+        text: out.stop.fullText,
+        generatedTokens: seq.generated,
+        promptTokens: out.request.promptTokens,
+        seed: out.seed,
+        cumulativeLogprob: out.cumLogprob,
+        queueMs: started - seq.arrival,
+        inferenceMs: now - started,
+      };
+    }
     out.request.queue.push({
       type: "token",
       index: out.index,
       id,
       text: this.tokenizer.decode([id], false),
-      delta: piece.text,
+      delta,
       logprob,
-      special,
-      top,
+      special: this.tokenizer.isSpecial(id),
+      top: nTop > 0 ? Array.from(topIds.subarray(0, nTop), (tid, i) => ({ id: tid, logprob: topLps[i], text: this.tokenizer.decode([tid], false) })) : undefined,
+      finish,
     });
-    let reason: "length" | "stop" | "eos" | undefined;
-    let stopSequence: string | undefined;
-    if (isEos) reason = "eos";
-    else if ("stop" in piece && piece.stop !== undefined) (reason = "stop"), (stopSequence = piece.stop);
-    else if (seq.generated >= p.maxNewTokens) reason = "length";
-    if (!reason) return;
-    const tail = reason === "stop" ? "" : out.stop.push(out.decoder.flush()).text + out.stop.flush();
-    this.scheduler.finish(seq);
-    out.done = true;
-    out.request.queue.push({
-      type: "done",
-      index: out.index,
-      finishReason: reason,
-      stopSequence,
-      delta: tail,
-      text: out.stop.fullText,
-      generatedTokens: seq.generated,
-      promptTokens: out.request.promptTokens,
-      seed: out.seed,
-      cumulativeLogprob: out.cumLogprob,
-    });
-    if (--out.request.open === 0) {
+    if (finish && --out.request.open === 0) {
       out.request.queue.end();
       this.settle(out.request);
     }

@@ -43,6 +43,8 @@ export class Sequence {
   preemptions = 0;
   cancelled = false;
   adapterSlot = -1;
+  /** Date.now() when first admitted to the running batch. */
+  firstScheduledAt?: number;
   /** Children of the same prompt start once this (index 0) sequence has prefilled it. */
   children: Sequence[] = [];
 
@@ -244,6 +246,7 @@ export class Scheduler {
         seq.blocks.push(...this.blocks.alloc(need)!);
         seq.state = "running";
         seq.admitOrder = ++this.admitCounter;
+        seq.firstScheduledAt ??= Date.now();
         this.running.push(seq);
         kvHeld += seq.tokens.length;
         const e = chunkOf(seq);

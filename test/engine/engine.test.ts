@@ -3,12 +3,18 @@
 // EOS, cancellation, validation; the event loop keeps running during a long prefill.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
-import type { Engine } from "../../engine/src/engine.js";
+import type { Engine, FinishInfo, GenerationEvent } from "../../engine/src/engine.js";
 import { CancelledError, ValidationError } from "../../engine/src/errors.js";
 import { ReferenceModel } from "../helpers/reference-model.js";
 import { collect, greedy, rng, tinyEngine, tinyModels } from "../helpers/tiny.js";
 
 const PROMPT = "Once upon a time, in a land far away, there lived";
+
+function finishOf(events: GenerationEvent[]): FinishInfo {
+  const last = events.at(-1);
+  if (last?.type !== "token" || !last.finish) throw new Error("the last event does not finish the sequence");
+  return last.finish;
+}
 
 describe.each([["llama-f32"], ["mistral-f32-sharded-window"], ["qwen2-bf16-bias"], ["llama3-f16-mqa-headdim"]])("%s greedy", (name) => {
   let engine: Engine;
@@ -71,7 +77,7 @@ describe("engine behaviour", () => {
     expect(a.ids).toHaveLength(3);
     expect(b.ids).toEqual(a.ids);
     expect(new Set(a.ids.map((x) => x.join())).size).toBeGreaterThan(1);
-    const seeds = a.events.flatMap((e) => (e.type === "done" ? [[e.index, e.seed] as const] : [])).sort((x, y) => x[0] - y[0]);
+    const seeds = a.events.flatMap((e) => (e.type === "token" && e.finish ? [[e.index, e.finish.seed] as const] : [])).sort((x, y) => x[0] - y[0]);
     expect(seeds.map((s) => s[1])).toEqual([7n, 8n, 9n]);
     // sequence i equals a single sequence with seed 7+i
     const single = await collect(engine.generate({ prompt, params: { ...p, seed: 8n } }));
@@ -80,19 +86,17 @@ describe("engine behaviour", () => {
 
   it("stops at a stop string, which is not part of the text", async () => {
     const { events } = await collect(engine.generate({ prompt, params: greedy(30) }));
-    const done = events.at(-1)!;
-    if (done.type !== "done") throw new Error("no done event");
-    const full = done.text;
+    const full = finishOf(events).text;
     const stop = full.slice(8, 11);
     expect(stop.length).toBe(3);
     const r = await collect(engine.generate({ prompt, params: greedy(30, { stop: ["zzzq", stop] }) }));
-    const d = r.events.at(-1)!;
-    expect(d.type === "done" && d.finishReason).toBe("stop");
-    expect(d.type === "done" && d.stopSequence).toBe(stop);
-    const text = d.type === "done" ? d.text : "";
+    const d = finishOf(r.events);
+    expect(d.reason).toBe("stop");
+    expect(d.stopSequence).toBe(stop);
+    const text = d.text;
     expect(text).toBe(full.slice(0, full.indexOf(stop)));
     // streamed deltas add up to the same text
-    const streamed = r.events.map((e) => (e.type === "token" || e.type === "done" ? e.delta : "")).join("");
+    const streamed = r.events.map((e) => (e.type === "token" ? e.delta : "")).join("");
     expect(streamed).toBe(text);
   });
 
@@ -109,8 +113,7 @@ describe("engine behaviour", () => {
       isTerminated: () => false,
     });
     const r = await collect(engine.generate({ prompt, params: { ...greedy(20), ignoreEos: false }, constraint }));
-    const d = r.events.at(-1)!;
-    expect(d.type === "done" && d.finishReason).toBe("eos");
+    expect(finishOf(r.events).reason).toBe("eos");
     expect(r.ids[0]).toHaveLength(4);
     expect(r.ids[0][3]).toBe(eos);
   });
@@ -130,8 +133,7 @@ describe("engine behaviour", () => {
     for (let i = 1; i < prompt.length; i++) expect(pe.tokens[i].logprob!).toBeCloseTo(lp(ref[i - 1], prompt[i]), 3);
     const tok = r.events.find((e) => e.type === "token");
     expect(tok?.type === "token" && tok.top?.length).toBe(2);
-    const d = r.events.at(-1)!;
-    expect(d.type === "done" && d.finishReason).toBe("length");
+    expect(finishOf(r.events).reason).toBe("length");
   });
 
   it("cancellation ends the stream with CancelledError and frees every block", async () => {

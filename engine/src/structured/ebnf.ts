@@ -81,22 +81,24 @@ function classChar(cp: number): string {
   return escapeCodePoint(cp);
 }
 
-/** A character class `[...]` for a non-empty set of code points. */
-export function cls(set: CharSet): string {
-  if (set.length === 0) throw new Error("cls: empty character set (a caller should have refused this schema)");
+function asciiClassBody(set: CharSet): string {
   let body = "";
-  for (const [lo, hi] of set) body += lo === hi ? classChar(lo) : `${classChar(lo)}-${classChar(hi)}`;
-  return `[${body}]`;
-}
-
-/** A negated class `[^...]`; xgrammar only honours ASCII members here, so callers pass ASCII only. */
-export function negCls(asciiSet: CharSet): string {
-  let body = "";
-  for (const [lo, hi] of asciiSet) {
-    if (hi > 0x7f) throw new Error(`negCls: ${hi.toString(16)} is not ASCII; build a positive class instead`);
+  for (const [lo, hi] of set) {
+    if (hi > 0x7f) throw new Error(`character class member U+${hi.toString(16)} is not ASCII; xgrammar mis-parses non-ASCII class ranges, list such characters as literals`);
     body += lo === hi ? classChar(lo) : `${classChar(lo)}-${classChar(hi)}`;
   }
-  return `[^${body}]`;
+  return body;
+}
+
+/** A character class `[...]` over ASCII code points. */
+export function cls(set: CharSet): string {
+  if (set.length === 0) throw new Error("cls: empty character set (a caller should have refused this schema)");
+  return `[${asciiClassBody(set)}]`;
+}
+
+/** A negated class `[^...]` of ASCII code points: every other character, non-ASCII included. */
+export function negCls(asciiSet: CharSet): string {
+  return `[^${asciiClassBody(asciiSet)}]`;
 }
 
 export function alt(parts: readonly string[]): string {
@@ -128,16 +130,39 @@ const RAW_COMPLEMENT_ASCII: CharSet = [
   [BACKSLASH, BACKSLASH],
 ];
 
+const ASCII: CharSet = [[0, 0x7f]];
+const NON_ASCII: CharSet = intersect(RAW_JSON_CHARS, [[0x80, MAX_CODE_POINT]]);
+/** Non-ASCII characters a class may list one by one; larger partial sets are narrowed to ASCII. */
+export const MAX_LISTED_NON_ASCII = 128;
+
+function size(set: CharSet): number {
+  return set.reduce((n, [lo, hi]) => n + hi - lo + 1, 0);
+}
+
+function sameSet(a: CharSet, b: CharSet): boolean {
+  return a.length === b.length && a.every(([lo, hi], i) => lo === b[i][0] && hi === b[i][1]);
+}
+
 /**
  * Alternatives that write one character of `set` inside a JSON string: the character itself where
  * JSON allows it raw, else its escape. Every alternative decodes to exactly one code point.
+ *
+ * xgrammar 0.1.27 (WASM) matches non-ASCII class ranges wrongly (it truncates code points to a
+ * byte), so non-ASCII characters appear only as "all of them" (a negated ASCII class) or listed
+ * one by one; a set holding a large part of non-ASCII is narrowed to its ASCII and listed part.
  */
 export function jsonCharAlternatives(set: CharSet): string[] {
   const parts: string[] = [];
   const raw = intersect(set, RAW_JSON_CHARS);
-  if (raw.length > 0) {
-    const everything = raw.length === RAW_JSON_CHARS.length && raw.every(([lo, hi], i) => lo === RAW_JSON_CHARS[i][0] && hi === RAW_JSON_CHARS[i][1]);
-    parts.push(everything ? negCls(RAW_COMPLEMENT_ASCII) : cls(raw));
+  const asciiRaw = intersect(raw, ASCII);
+  const nonAscii = intersect(raw, NON_ASCII);
+  if (sameSet(nonAscii, NON_ASCII)) {
+    parts.push(negCls(subtract(ASCII, asciiRaw)));
+  } else {
+    if (asciiRaw.length > 0) parts.push(cls(asciiRaw));
+    if (size(nonAscii) <= MAX_LISTED_NON_ASCII) {
+      for (const [lo, hi] of nonAscii) for (let cp = lo; cp <= hi; cp++) parts.push(lit(String.fromCodePoint(cp)));
+    }
   }
   for (const [lo, hi] of intersect(set, charSet([[0, 0x1f], [QUOTE, QUOTE], [BACKSLASH, BACKSLASH]]))) {
     for (let cp = lo; cp <= hi; cp++) {
@@ -244,7 +269,19 @@ export function jsonStringRest(rules: RuleSet): string {
   });
 }
 
-/** Any one character inside a JSON string, raw or escaped. */
-export function jsonAnyChar(rules: RuleSet): string {
-  return rules.memo("json-any-char", () => `(${negCls(RAW_COMPLEMENT_ASCII)} | "\\\\" ${jsonEscape(rules)})`);
+/**
+ * Alternatives "one character then `next`", raw or escaped: the body of a right-recursive string
+ * rule. Kept as top-level alternatives of the rule (not a shared char rule), which is the shape
+ * xgrammar precomputes well; a char rule referenced from each state made masks ~50x slower.
+ */
+export function anyCharThen(rules: RuleSet, next: string, oneCodePoint = false): string {
+  const esc = oneCodePoint
+    ? rules.memo("json-escape-one-code-point", () =>
+        rules.rule(
+          "json_escape_bmp",
+          '["\\\\/bfnrt] | "u" [0-9a-cA-CeEfF] [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] | "u" [dD] [0-7] [0-9a-fA-F] [0-9a-fA-F]',
+        ),
+      )
+    : jsonEscape(rules);
+  return `${negCls(RAW_COMPLEMENT_ASCII)} ${next} | "\\\\" ${esc} ${next}`;
 }

@@ -28,7 +28,7 @@ function anyDigits(count: number): string[] {
 }
 
 function seq(parts: readonly string[]): string {
-  const kept = parts.filter((p) => p !== "");
+  const kept = parts.filter((p) => p !== "" && p !== '""');
   return kept.length === 0 ? '""' : kept.join(" ");
 }
 
@@ -86,11 +86,23 @@ export function naturalRange(p: number, q: number): string[] {
   const out: string[] = [];
   const lenP = digits(p).length;
   const lenQ = digits(q).length;
+  let fullFrom = 0;
+  const flushFull = (upTo: number) => {
+    if (fullFrom === 0) return;
+    out.push(fullFrom === upTo ? seq(["[1-9]", ...anyDigits(upTo - 1)]) : seq(["[1-9]", `${DIGIT}{${fullFrom - 1},${upTo - 1}}`]));
+    fullFrom = 0;
+  };
   for (let len = lenP; len <= lenQ; len++) {
     const lo = len === lenP ? digits(p) : `1${"0".repeat(len - 1)}`;
     const hi = len === lenQ ? digits(q) : "9".repeat(len);
+    if (lo === `1${"0".repeat(len - 1)}` && hi === "9".repeat(len)) {
+      if (fullFrom === 0) fullFrom = len;
+      continue;
+    }
+    flushFull(len - 1);
     out.push(...sameLength(lo, hi));
   }
+  flushFull(lenQ);
   return out;
 }
 

@@ -6,9 +6,10 @@ import {
   charSet,
   complement,
   type CharSet,
-  jsonAnyChar,
+  anyCharThen,
   jsonCharAlternatives,
   jsonStringRest,
+  MAX_LISTED_NON_ASCII,
   type RuleSet,
   union,
 } from "./ebnf.js";
@@ -286,7 +287,9 @@ class Compiler {
     switch (node.kind) {
       case "chars": {
         const alts = jsonCharAlternatives(node.set);
-        return alts.length === 0 ? undefined : `${alt(alts)} ${cont}`;
+        if (alts.length <= 1) return alts.length === 0 ? undefined : `${alts[0]} ${cont}`;
+        const shared = this.share(cont);
+        return this.rules.rule(this.hint, alts.map((a) => `${a} ${shared}`).join(" | "));
       }
       case "seq": {
         let tail: string | undefined = cont;
@@ -375,12 +378,14 @@ export function patternString(rules: RuleSet, pattern: string, hint: string): st
       if (start) branches.push(body);
       else {
         const lead = rules.reserve(`${hint}_lead`);
-        rules.define(lead, `${jsonAnyChar(rules)} ${lead} | ${body}`);
+        rules.define(lead, `${anyCharThen(rules, lead)} | ${body}`);
         branches.push(lead);
       }
     }
     if (branches.length === 0) {
-      throw new PatternError(`pattern ${JSON.stringify(pattern)} matches no string that JSON can carry`);
+      throw new PatternError(
+        `pattern ${JSON.stringify(pattern)} cannot be generated (classes with more than ${MAX_LISTED_NON_ASCII} non-ASCII characters are narrowed to their ASCII part, which left nothing)`,
+      );
     }
     return rules.rule(hint, `"\\"" ${alt(branches)}`);
   });

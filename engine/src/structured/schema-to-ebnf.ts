@@ -5,7 +5,7 @@
 // undeclared properties are generated only for objects that declare none, numbers stay within 15
 // significant digits. Whitespace between tokens is allowed but bounded.
 import { ValidationError } from "../errors.js";
-import { jsonStringRest, lit, negCls, RuleSet } from "./ebnf.js";
+import { anyCharThen, jsonStringRest, lit, RuleSet } from "./ebnf.js";
 import { formatString, isSupportedFormat } from "./formats.js";
 import { integerBounds, integerRange, numberGrammar, type Bound } from "./numbers.js";
 import { patternString } from "./regex.js";
@@ -296,19 +296,14 @@ class Converter {
 
   /** A string of min..max code points: one rule per counted character. */
   private countedString(min: number, max: number): string {
-    const char = this.rules.memo("one-code-point", () =>
-      this.rules.rule(
-        "json_char",
-        `${negCls([[0, 0x1f], [0x22, 0x22], [0x5c, 0x5c]])} | "\\\\" ["\\\\/bfnrt] | "\\\\u" ([0-9a-cA-CeEfF] [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] | [dD] [0-7] [0-9a-fA-F] [0-9a-fA-F])`,
-      ),
-    );
     const last = max === Infinity ? min : max;
+    const tag = `string_${min}_${max === Infinity ? "inf" : max}`;
     let tail = max === Infinity ? jsonStringRest(this.rules) : this.rules.rule("string_close", '"\\""');
     for (let k = last - 1; k >= 0; k--) {
-      const more = `${char} ${tail}`;
-      tail = this.rules.rule(`string_${min}_${max === Infinity ? "inf" : max}_at${k}`, k >= min && max !== Infinity ? `"\\"" | ${more}` : more);
+      const more = anyCharThen(this.rules, tail, true);
+      tail = this.rules.rule(`${tag}_at${k}`, k >= min && max !== Infinity ? `"\\"" | ${more}` : more);
     }
-    return this.rules.rule(`string_${min}_${max === Infinity ? "inf" : max}`, `"\\"" ${tail}`);
+    return this.rules.rule(tag, `"\\"" ${tail}`);
   }
 
   private resolve(ref: string, path: string): { schema: Schema; path: string } {
