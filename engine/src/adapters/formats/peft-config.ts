@@ -101,7 +101,7 @@ function unsupportedFeatures(c: Record<string, unknown>): string[] {
   if (!isEmpty(c.use_bdlora)) out.push(`use_bdlora ${show(c.use_bdlora)} (block-diagonal LoRA factors)`);
   if (!isEmpty(c.enable_lora)) out.push(`enable_lora ${show(c.enable_lora)} (the pre-0.3 PEFT MergedLinear layout for fused layers)`);
   const init = c.init_lora_weights;
-  if (init !== undefined && !HARMLESS_INITS.has(init)) {
+  if (init !== undefined && init !== null && !HARMLESS_INITS.has(init)) {
     const rewrites = typeof init === "string" && BASE_REWRITING_INITS.some((p) => init.toLowerCase().startsWith(p));
     out.push(
       rewrites

@@ -10,6 +10,7 @@ import {
   moduleHyperparams,
   parsePeftConfig,
   plannedTargets,
+  readPeftConfig,
 } from "../../../../engine/src/adapters/formats/peft-config.js";
 import type { BaseModelShape } from "../../../../engine/src/adapters/types.js";
 import { AdapterIncompatibleError } from "../../../../engine/src/errors.js";
@@ -182,6 +183,15 @@ describe("real-world adapter_config.json files", () => {
   });
 });
 
+describe("readPeftConfig", () => {
+  it("reads a file, labelling errors with its path", async () => {
+    const ok = join(CONFIGS, "othorizedshogun__poem-generator__model.json");
+    expect((await readPeftConfig(ok)).r).toBe(4);
+    const lfs = join(CONFIGS, "ZieChan__ARC-with-Llama3.1__lora_model.json");
+    await expect(readPeftConfig(lfs)).rejects.toThrow(`${lfs}: the file is a Git LFS pointer`);
+  });
+});
+
 describe("parsePeftConfig: defaults and types", () => {
   it("fills PEFT's defaults for missing keys", () => {
     expect(parse({ peft_type: "LORA" })).toEqual({
@@ -294,7 +304,7 @@ describe("parsePeftConfig: features that would change the math are refused by na
         arrow_config: null,
         use_bdlora: null,
         enable_lora: null,
-        init_lora_weights: true,
+        init_lora_weights: null,
       }),
     ).not.toThrow();
   });

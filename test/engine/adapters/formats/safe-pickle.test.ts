@@ -5,7 +5,7 @@ import { execFileSync } from "node:child_process";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { parseTorchArchive } from "../../../../engine/src/adapters/formats/safe-pickle.js";
+import { parseTorchArchive, readTorchArchiveFile } from "../../../../engine/src/adapters/formats/safe-pickle.js";
 import { AdapterIncompatibleError } from "../../../../engine/src/errors.js";
 import { Pickle, encode, removeTempDirs, statePickle, tempDir, torchArchive, values, zip } from "./writers.js";
 
@@ -209,5 +209,13 @@ describe("parseTorchArchive: real adapter_model.bin files", () => {
     const bert = parseTorchArchive(readFileSync(join(FIXTURES, "Pseudo-CS__Intel-Proj__model/adapter_model.bin")), L);
     expect(bert.size).toBe(50);
     expect([...bert.keys()].some((k) => k.endsWith("classifier.bias"))).toBe(true);
+  });
+
+  it("reads from a path, labelled with it", async () => {
+    const path = join(FIXTURES, "othorizedshogun__poem-generator__model/adapter_model.bin");
+    expect((await readTorchArchiveFile(path)).size).toBe(88);
+    await expect(readTorchArchiveFile(join(FIXTURES, "_broken__Yairama__alpaca-miner__root/adapter_model.bin"), "x.bin")).rejects.toThrow(
+      "x.bin: the file is a Git LFS pointer",
+    );
   });
 });

@@ -1,10 +1,14 @@
 // Tests the strict safetensors reader: dtype decoding and every header inconsistency it must refuse.
 // Files are built in memory by writers.ts; real-world files are covered by peft.test.ts.
 
-import { describe, expect, it } from "vitest";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
 import { AdapterIncompatibleError } from "../../../../engine/src/errors.js";
-import { parseSafetensors } from "../../../../engine/src/adapters/formats/safetensors.js";
-import { safetensors } from "./writers.js";
+import { parseSafetensors, readSafetensorsFile } from "../../../../engine/src/adapters/formats/safetensors.js";
+import { removeTempDirs, safetensors, tempDir } from "./writers.js";
+
+afterAll(removeTempDirs);
 
 const L = "adapter_model.safetensors";
 
@@ -142,5 +146,13 @@ describe("parseSafetensors", () => {
       safetensors([{ name: "a", shape: [1], data: [1] }], undefined, Buffer.alloc(6)),
       /the data section has 10 bytes but the tensors cover 4; 6 trailing bytes belong to no tensor/,
     );
+  });
+
+  it("reads from a path, using the path in messages unless given a label", async () => {
+    const path = join(tempDir(), "w.safetensors");
+    writeFileSync(path, safetensors([{ name: "a", shape: [2], data: [1, 2] }]));
+    expect(Array.from((await readSafetensorsFile(path)).tensors.get("a")?.read() ?? [])).toEqual([1, 2]);
+    writeFileSync(path, Buffer.alloc(3));
+    await expect(readSafetensorsFile(path)).rejects.toThrow(`${path}: the file is 3 bytes`);
   });
 });
