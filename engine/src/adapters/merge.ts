@@ -17,6 +17,7 @@
 //   or elect and average as ties does (dare_ties). density ≥ 1 leaves tensors untouched, as in PEFT.
 // - The random draws come from xoshiro128** seeded by SHA-256 of the cache key, the adapter's position and the
 //   tensor, so a request repeated with the same parameters yields bit-identical tensors.
+// - Sums run in float64; the merged factors are stored as float32.
 // - Modules: the union over the adapters; a module present in only some merges over those that have them.
 
 import { createHash } from "node:crypto";
@@ -143,13 +144,12 @@ export function xoshiro128ss(s: Uint32Array): () => number {
   };
 }
 
-/** Uniform draws in [0, 1) from xoshiro128** seeded with the first 16 bytes of SHA-256(`seed`). */
-export function seededRandom(seed: string): () => number {
+/** The first 16 bytes of SHA-256(`seed`) as a xoshiro128** state (never all zero). */
+function seedState(seed: string): Uint32Array {
   const h = createHash("sha256").update(seed).digest();
   const state = new Uint32Array([h.readUInt32LE(0), h.readUInt32LE(4), h.readUInt32LE(8), h.readUInt32LE(12)]);
   if ((state[0] | state[1] | state[2] | state[3]) === 0) state[0] = 1;
-  const next = xoshiro128ss(state);
-  return () => next() / 4294967296;
+  return state;
 }
 
 /** The seed of one tensor's DARE draws. */
@@ -157,11 +157,12 @@ export function dareSeed(cacheKey: string, adapterIndex: number, layer: number, 
   return `${cacheKey}|${adapterIndex}|${layer}|${target}|${part}`;
 }
 
-/** DARE's keep mask: 1 where a draw falls below density. */
+/** DARE's keep mask: 1 where a uniform draw u = next()/2^32 falls below density, i.e. next() < ceil(density·2^32). */
 export function dareKeepMask(seed: string, n: number, density: number): Uint8Array {
-  const next = seededRandom(seed);
+  const next = xoshiro128ss(seedState(seed));
+  const limit = Math.ceil(density * 4294967296);
   const mask = new Uint8Array(n);
-  for (let i = 0; i < n; i++) mask[i] = next() < density ? 1 : 0;
+  for (let i = 0; i < n; i++) mask[i] = next() < limit ? 1 : 0;
   return mask;
 }
 
@@ -172,44 +173,34 @@ export function magnitudePrune(x: Float32Array, density: number): Float32Array {
   const k = Math.floor(density * n);
   const out = new Float32Array(n);
   if (k === 0) return out;
-  const mags = new Float32Array(n);
-  for (let i = 0; i < n; i++) mags[i] = Math.abs(x[i]);
-  const threshold = kthLargest(mags, k);
+  // |x| as the bits of a float32 with the sign cleared: ordered like the magnitudes themselves.
+  const bits = new Uint32Array(x.buffer, x.byteOffset, n);
+  const threshold = kthLargestMagnitudeBits(bits, k);
   let above = 0;
-  for (let i = 0; i < n; i++) if (Math.abs(x[i]) > threshold) above++;
+  for (let i = 0; i < n; i++) if ((bits[i] & 0x7fffffff) > threshold) above++;
   let atThreshold = k - above;
   for (let i = 0; i < n; i++) {
-    const m = Math.abs(x[i]);
+    const m = bits[i] & 0x7fffffff;
     if (m > threshold || (m === threshold && atThreshold-- > 0)) out[i] = x[i];
   }
   return out;
 }
 
-/** The k-th largest value of `v` (1-based), by quickselect; reorders `v`. */
-function kthLargest(v: Float32Array, k: number): number {
-  let lo = 0;
-  let hi = v.length - 1;
-  const want = k - 1;
-  while (lo < hi) {
-    const pivot = v[(lo + hi) >>> 1];
-    let i = lo;
-    let j = hi;
-    while (i <= j) {
-      while (v[i] > pivot) i++;
-      while (v[j] < pivot) j--;
-      if (i <= j) {
-        const t = v[i];
-        v[i] = v[j];
-        v[j] = t;
-        i++;
-        j--;
-      }
-    }
-    if (want <= j) hi = j;
-    else if (want >= i) lo = i;
-    else return v[want];
+/** The k-th largest of the sign-cleared values of `bits` (1-based), by a two-pass radix select on 16-bit halves. */
+function kthLargestMagnitudeBits(bits: Uint32Array, k: number): number {
+  const hist = new Uint32Array(65536);
+  for (let i = 0; i < bits.length; i++) hist[(bits[i] & 0x7fffffff) >>> 16]++;
+  let rest = k;
+  let high = 65535;
+  while (hist[high] < rest) rest -= hist[high--];
+  hist.fill(0);
+  for (let i = 0; i < bits.length; i++) {
+    const m = bits[i] & 0x7fffffff;
+    if (m >>> 16 === high) hist[m & 0xffff]++;
   }
-  return v[want];
+  let low = 65535;
+  while (hist[low] < rest) rest -= hist[low--];
+  return ((high << 16) | low) >>> 0;
 }
 
 function dareDrop(x: Float32Array, density: number, seed: string): Float32Array {
@@ -222,19 +213,25 @@ function dareDrop(x: Float32Array, density: number, seed: string): Float32Array 
 
 const sign = (v: number): number => (v > 0 ? 1 : v < 0 ? -1 : 0);
 
-/** Weighted sum, or with a method, TIES's sign election and disjoint mean, of equally long tensors. */
-function combine(tensors: Float32Array[], weights: number[], method: MajoritySignMethod | null): Float32Array {
+/** Weighted sum of equally long tensors. */
+function weightedSum(tensors: Float32Array[], weights: number[]): Float32Array {
+  const out = new Float64Array(tensors[0].length);
+  for (let i = 0; i < tensors.length; i++) {
+    const t = tensors[i];
+    const w = weights[i];
+    for (let j = 0; j < t.length; j++) out[j] += w * t[j];
+  }
+  return Float32Array.from(out);
+}
+
+/** TIES's sign election (on the unweighted values) and disjoint mean of the weighted values that agree with it. */
+function electAndMerge(tensors: Float32Array[], weights: number[], method: MajoritySignMethod): Float32Array {
   const n = tensors[0].length;
+  const byTotal = method === "total";
   const out = new Float32Array(n);
   for (let j = 0; j < n; j++) {
-    if (method === null) {
-      let sum = 0;
-      for (let i = 0; i < tensors.length; i++) sum += weights[i] * tensors[i][j];
-      out[j] = sum;
-      continue;
-    }
     let vote = 0;
-    for (const t of tensors) vote += method === "total" ? t[j] : sign(t[j]);
+    for (let i = 0; i < tensors.length; i++) vote += byTotal ? tensors[i][j] : sign(tensors[i][j]);
     const majority = vote >= 0 ? 1 : -1;
     let sum = 0;
     let count = 0;
@@ -299,7 +296,7 @@ export function mergeAdapters(adapters: LoraWeights[], params: MergeParams, opts
         const root = Math.sqrt(Math.abs(c));
         return part === "a" ? root : sign(c) * root;
       });
-      return combine(pruned, weights, r.majoritySignMethod);
+      return r.majoritySignMethod === null ? weightedSum(pruned, weights) : electAndMerge(pruned, weights, r.majoritySignMethod);
     };
     modules.push({ layer: first.layer, target: first.target, rank: first.rank, scale: 1, dIn: first.dIn, dOut: first.dOut, a: factor("a"), b: factor("b") });
   }

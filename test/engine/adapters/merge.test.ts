@@ -9,12 +9,12 @@ import {
   magnitudePrune,
   mergeAdapters,
   mergeCacheKey,
-  seededRandom,
   validateMergeParams,
   xoshiro128ss,
 } from "../../../engine/src/adapters/merge.js";
 import type { LoraModule, LoraTarget, LoraWeights } from "../../../engine/src/adapters/types.js";
 import { ValidationError } from "../../../engine/src/errors.js";
+import { values } from "./formats/writers.js";
 
 interface Mod {
   layer: number;
@@ -46,8 +46,7 @@ function adapter(mods: Mod[]): LoraWeights {
 }
 
 function rand(n: number, seed: number, scale = 1): number[] {
-  const next = seededRandom(`test-values-${seed}`);
-  return Array.from({ length: n }, () => Math.fround((next() * 2 - 1) * scale));
+  return Array.from(values(n, seed * 7919), (v) => Math.fround(v * scale));
 }
 
 const OPTS = { maxIds: 8 };
@@ -221,6 +220,11 @@ describe("hand-computed cases", () => {
     expect(Array.from(magnitudePrune(new Float32Array([0.5, -0.5, 0.5, 0.1]), 0.5))).toEqual([0.5, -0.5, 0, 0]);
     expect(Array.from(magnitudePrune(new Float32Array([0.1, 0.5, 0.5, 0.5]), 0.5))).toEqual([0, 0.5, 0.5, 0]);
     expect(Array.from(magnitudePrune(new Float32Array([3, 1, 2]), 0.3))).toEqual([0, 0, 0]);
+    const third = Math.fround(0.3);
+    expect(Array.from(magnitudePrune(new Float32Array([third, -third, third, 0.1]), 0.5))).toEqual([third, -third, 0, 0]);
+    const next = (v: number, ulps: number) => new Float32Array(new Uint32Array([new Uint32Array(new Float32Array([v]).buffer)[0] + ulps]).buffer)[0];
+    const close = [next(third, 0), next(third, 1), next(third, 2), next(third, 3)];
+    expect(Array.from(magnitudePrune(new Float32Array(close), 0.5))).toEqual([0, 0, close[2], close[3]]);
     const ads = [[0.5], [-0.5]].map((a) => adapter([{ layer: 0, target: "up_proj", a, b: [1] }]));
     expect(mergeAdapters(ads, { mergeStrategy: "ties", density: 1 }, OPTS).modules[0].a[0]).toBeCloseTo(0.5, 6);
   });
@@ -299,9 +303,14 @@ describe("determinism", () => {
     expect(renamed.modules[0].a).not.toEqual(x.modules[0].a);
   });
 
-  it("xoshiro128** matches the reference outputs, and the masks are stable and independent per stream", () => {
+  it("xoshiro128** matches the reference outputs; masks keep the density's share, stable and independent per stream", () => {
     const next = xoshiro128ss(new Uint32Array([1, 2, 3, 4]));
     expect([next(), next(), next(), next(), next()]).toEqual([11520, 0, 5927040, 70819200, 2031721883]);
+    for (const density of [0.1, 0.5, 0.9]) {
+      const rate = dareKeepMask(`rate-${density}`, 200_000, density).reduce((n, v) => n + v, 0) / 200_000;
+      expect(Math.abs(rate - density)).toBeLessThan(0.005);
+    }
+    expect(dareKeepMask("any", 1000, 1).every((v) => v === 1)).toBe(true);
     const m1 = dareKeepMask("k|0|0|q_proj|a", 1000, 0.5);
     expect(dareKeepMask("k|0|0|q_proj|a", 1000, 0.5)).toEqual(m1);
     const m2 = dareKeepMask("k|1|0|q_proj|a", 1000, 0.5);
