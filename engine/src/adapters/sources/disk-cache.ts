@@ -187,10 +187,20 @@ export class AdapterDiskCache {
         if (this.entries.get(victim.key) !== victim || this.isPinned(victim.key)) return;
         this.entries.delete(victim.key);
         this.scheduleSave();
-        await removeEntryFiles(victim);
+        try {
+          await removeEntryFiles(victim);
+        } catch (err) {
+          this.log.warn({ key: victim.key, err: (err as Error).message }, "adapter disk cache: could not remove all files of an evicted entry");
+          return;
+        }
         this.log.info({ key: victim.key, bytes: victim.bytes, lastUsed: new Date(victim.lastUsed).toISOString() }, "adapter evicted from disk cache");
       });
     }
+  }
+
+  /** enforceBudget() without waiting; failures are logged, never thrown. */
+  trimInBackground(): void {
+    this.enforceBudget().catch((err: unknown) => this.log.warn({ err: (err as Error).message }, "adapter disk cache: clean-up failed"));
   }
 
   /** Resolves once the index on disk reflects every change made so far. */

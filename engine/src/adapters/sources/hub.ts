@@ -119,7 +119,7 @@ export class HubSource implements AdapterSource {
       const hit = await this.cache.acquire(key);
       if (hit !== undefined) {
         if (ref.revision !== sha) await this.writeRef(repoDir, ref.revision, sha);
-        void this.cache.enforceBudget();
+        this.cache.trimInBackground();
         return { source: "hub", id, dir: hit.entry.dir, cacheKey: key, bytes: hit.entry.bytes, fromCache, timings: { resolveMs, downloadMs, totalMs: Date.now() - started }, release: hit.release };
       }
       fromCache = false;
@@ -148,7 +148,7 @@ export class HubSource implements AdapterSource {
   }
 
   private async askHub(ref: HubRef, id: string, token: string | undefined): Promise<Resolved> {
-    const deadline = new Deadline(this.timeouts.totalMs);
+    const deadline = new Deadline(this.timeouts.accessMs);
     const what = `hub adapter "${id}": access check`;
     try {
       const info = await modelInfo({

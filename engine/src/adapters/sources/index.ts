@@ -63,7 +63,7 @@ export interface AdapterSourcesConfig {
   logger: SourceLogger;
 }
 
-export const DEFAULT_TIMEOUTS: SourceTimeouts = { requestMs: 15_000, stallMs: 30_000, totalMs: 30 * 60_000 };
+export const DEFAULT_TIMEOUTS: SourceTimeouts = { requestMs: 10_000, stallMs: 30_000, accessMs: 30_000, totalMs: 30 * 60_000 };
 export const DEFAULT_RETRY: RetryPolicy = { attempts: 4, baseDelayMs: 250, maxDelayMs: 8_000 };
 export const DEFAULT_PROGRESS: ProgressOptions = { intervalMs: 5_000, minBytes: 32 * 1024 * 1024 };
 export const DEFAULT_CACHE_BUDGET_BYTES = 20 * 1024 ** 3;

@@ -67,7 +67,7 @@ export class PredibaseSource implements AdapterSource {
       );
     }
     // Shared by identical concurrent checks, so it runs on its own deadline; each caller may still walk away.
-    const shared = this.resolutions.run(`${id}#${tokenKey(token)}`, () => this.ask(id, ref, token, new Deadline(this.timeouts.totalMs)), reuseMs);
+    const shared = this.resolutions.run(`${id}#${tokenKey(token)}`, () => this.ask(id, ref, token, new Deadline(this.timeouts.accessMs)), reuseMs);
     return untilAborted(shared, signal, `pbase adapter "${id}": access check`);
   }
 

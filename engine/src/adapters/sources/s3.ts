@@ -123,7 +123,7 @@ export class S3Fetcher {
     for (let tries = 0; tries < 3; tries++) {
       const hit = await this.cache.acquire(key);
       if (hit !== undefined) {
-        void this.cache.enforceBudget();
+        this.cache.trimInBackground();
         return {
           source: who.source,
           id: who.id,

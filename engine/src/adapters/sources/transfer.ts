@@ -8,7 +8,7 @@ import { Transform, type Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import { CancelledError, LoraserveError, UpstreamError } from "../../errors.js";
-import type { ProgressOptions, RetryPolicy, SourceLogger, SourceTimeouts } from "./types.js";
+import type { ProgressOptions, RetryPolicy, SourceLogger } from "./types.js";
 
 /** An upstream failure worth another try: 5xx, 429, a reset or cut connection, a truncated or corrupt body. */
 export class TransientError extends Error {

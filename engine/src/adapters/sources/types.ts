@@ -64,7 +64,9 @@ export interface SourceTimeouts {
   requestMs: number;
   /** A download that receives no byte for this long is cut and retried. */
   stallMs: number;
-  /** Everything one fetch or access check may take, retries included; past it → 504. */
+  /** Everything one access check (revision / version resolution) may take, retries included; past it → 504. */
+  accessMs: number;
+  /** Everything one download may take, retries included; past it → 504. */
   totalMs: number;
 }
 

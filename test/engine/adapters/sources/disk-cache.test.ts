@@ -33,6 +33,7 @@ describe("AdapterDiskCache", () => {
     expect(cache.list().map((e) => e.key).sort()).toEqual(["s3:b/a", "s3:b/c"]);
     await expect(stat(join(root, "s3", "b"))).rejects.toThrow();
     expect(log.text()).toContain("adapter evicted from disk cache");
+    await cache.flush();
     await rm(root, { recursive: true, force: true });
   });
 
@@ -55,6 +56,7 @@ describe("AdapterDiskCache", () => {
     expect(cache.isPinned("s3:b/old")).toBe(false);
     await cache.enforceBudget(100);
     expect(cache.list()).toEqual([]);
+    await cache.flush();
     await rm(root, { recursive: true, force: true });
   });
 
@@ -72,6 +74,7 @@ describe("AdapterDiskCache", () => {
     expect(await second.acquire("s3:b/kept")).toBeDefined();
     expect(await second.acquire("s3:b/lost")).toBeUndefined();
     expect(second.list().map((e) => e.key)).toEqual(["s3:b/kept"]);
+    await second.flush();
     await rm(root, { recursive: true, force: true });
   });
 

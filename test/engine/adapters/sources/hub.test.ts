@@ -268,11 +268,22 @@ describe("hub source: failures", () => {
 
   it("a slow Hub → 504 (timeout), reported as such", async () => {
     hub.addRepo("org/slow", loraAdapterFiles());
-    const { sources: s } = await sources({ timeouts: { requestMs: 150, stallMs: 300, totalMs: 1_000 } });
+    const { sources: s } = await sources({ timeouts: { requestMs: 150, stallMs: 300, accessMs: 1_000, totalMs: 1_000 } });
     hub.slow("revision", 2_000);
     const e = await errorOf(s.checkAccess("hub", "org/slow", undefined));
     expect(e).toBeInstanceOf(UpstreamError);
     expect(e.kind).toBe("upstream_timeout");
+  });
+
+  it("the overall access-check deadline → 504 even while one attempt is still allowed to wait", async () => {
+    hub.addRepo("org/slower", loraAdapterFiles());
+    const { sources: s } = await sources({ timeouts: { requestMs: 5_000, stallMs: 5_000, accessMs: 300, totalMs: 5_000 } });
+    hub.slow("revision", 2_000);
+    const started = Date.now();
+    const e = await errorOf(s.checkAccess("hub", "org/slower", undefined));
+    expect(e.kind).toBe("upstream_timeout");
+    expect(e.message).toContain("timed out after 300 ms");
+    expect(Date.now() - started).toBeLessThan(1_500);
   });
 
   it("a connection cut mid-file is retried; the partial bytes never become a blob", async () => {
@@ -298,7 +309,7 @@ describe("hub source: failures", () => {
   it("a stalled body is cut after stallMs and retried", async () => {
     const files = loraAdapterFiles({ hidden: 256 });
     hub.addRepo("org/stall", files);
-    const { sources: s } = await sources({ timeouts: { requestMs: 1_000, stallMs: 200, totalMs: 5_000 }, retry: { attempts: 2, baseDelayMs: 1, maxDelayMs: 1 } });
+    const { sources: s } = await sources({ timeouts: { requestMs: 1_000, stallMs: 200, accessMs: 2_000, totalMs: 5_000 }, retry: { attempts: 2, baseDelayMs: 1, maxDelayMs: 1 } });
     hub.throttle(1_000, 400);
     const e = await errorOf(s.fetch("hub", "org/stall", undefined));
     expect(e.message).toMatch(/no data for 200 ms/);

@@ -24,7 +24,7 @@ export async function tempDir(prefix: string): Promise<string> {
 }
 
 export const FAST = {
-  timeouts: { requestMs: 1_000, stallMs: 1_000, totalMs: 8_000 },
+  timeouts: { requestMs: 1_000, stallMs: 1_000, accessMs: 4_000, totalMs: 8_000 },
   retry: { attempts: 3, baseDelayMs: 5, maxDelayMs: 20 },
 };
 
