@@ -119,6 +119,8 @@ export interface SubmitRequest {
   n?: number;
   /** Keep only the last `truncate` prompt tokens. */
   truncate?: number;
+  /** Generate until the context is full (params.maxNewTokens is replaced by what fits after the prompt). */
+  fillContext?: boolean;
   signal?: AbortSignal;
   constraint?: () => TokenConstraint;
 }
@@ -240,9 +242,11 @@ export class Engine extends EventEmitter {
         ids = req.input.tokens;
         lease = await leaseP;
       }
-      const prompt = this.validatePrompt(ids, req.params.maxNewTokens, req.truncate);
+      const fill = req.fillContext ? this.maxTotalTokens - Math.min(ids.length, req.truncate ?? ids.length) : 0;
+      const params = req.fillContext ? { ...req.params, maxNewTokens: Math.max(1, fill) } : req.params;
+      const prompt = this.validatePrompt(ids, params.maxNewTokens, req.truncate);
       const events = this.generate({
-        prompt, params: req.params, n: req.n, signal: req.signal, adapterKey: lease?.key ?? null,
+        prompt, params, n: req.n, signal: req.signal, adapterKey: lease?.key ?? null,
         constraint: req.constraint, onSettled: () => lease?.release(),
       });
       return { promptIds: prompt, promptText: text, adapterKey: lease?.key ?? null, events };
@@ -287,7 +291,8 @@ export class Engine extends EventEmitter {
 
     const state: RequestState = { queue: undefined!, seqs: [], open: n, promptTokens: prompt.length, settled: false, onSettled: req.onSettled };
     state.queue = new AsyncQueue<GenerationEvent>(() => this.cancelRequest(state));
-    const baseSeed = req.params.seed ?? crypto.randomBytes(8).readBigUInt64LE();
+    // Random seeds stay below 2^53 so that clients can send them back as JSON numbers.
+    const baseSeed = req.params.seed ?? crypto.randomBytes(8).readBigUInt64LE() % (1n << 53n);
     for (let i = 0; i < n; i++) {
       const seq = new Sequence(prompt, prompt.length, i === 0 && req.params.promptLogprobs, req.adapterKey ?? null, Date.now());
       state.seqs.push(seq);

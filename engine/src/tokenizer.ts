@@ -123,12 +123,8 @@ export class Tokenizer {
         add_generation_prompt: opts.addGenerationPrompt ?? true,
         bos_token: this.bosToken ?? "",
         eos_token: this.eosToken ?? "",
-        raise_exception: (msg: string) => {
-          throw new ValidationError(`chat template: ${msg}`, "messages");
-        },
       });
     } catch (e) {
-      if (e instanceof ValidationError) throw e;
       throw new ValidationError(`chat template failed on these messages: ${(e as Error).message}`, "messages");
     }
     const startsWithBos = this.bosToken !== undefined && text.startsWith(this.bosToken);

@@ -3,12 +3,13 @@
 //
 // Generated JSON may be a strict subset of what the schema allows: properties come in schema order,
 // undeclared properties are generated only for objects that declare none, numbers stay within 15
-// significant digits. Whitespace between tokens is allowed but bounded.
+// significant digits. Whitespace between tokens is off by default (compact JSON: it makes masks
+// several times cheaper) and bounded when turned on.
 import { ValidationError } from "../errors.js";
 import { anyCharThen, jsonStringRest, lit, RuleSet } from "./ebnf.js";
 import { formatString, isSupportedFormat } from "./formats.js";
 import { integerBounds, integerRange, numberGrammar, type Bound } from "./numbers.js";
-import { patternString } from "./regex.js";
+import { PatternError, patternString } from "./regex.js";
 import { checkSchema, childPath, isSchemaObject, JSON_TYPES, type JsonType } from "./schema-check.js";
 
 export interface ConvertOptions {
@@ -16,7 +17,7 @@ export interface ConvertOptions {
   path: string;
   /** The request field errors are attributed to (OpenAI's `param`). */
   param: string;
-  /** Most whitespace characters allowed between two JSON tokens. */
+  /** Most whitespace characters allowed between two JSON tokens (0: compact JSON). */
   maxWhitespace: number;
 }
 
@@ -84,7 +85,9 @@ class Converter {
     this.fail(path, `${what} can never be generated (${this.emptyReason || "its schema admits no value"})`);
   }
 
+  /** Whitespace between JSON tokens: nothing by default (compact JSON), else up to maxWhitespace. */
   ws(): string {
+    if (this.opts.maxWhitespace === 0) return "";
     return this.rules.memo("ws", () => this.rules.rule("ws", `[ \\n\\t]{0,${this.opts.maxWhitespace}}`));
   }
 
@@ -287,23 +290,39 @@ class Converter {
 
   private string(schema: Record<string, unknown>, path: string, hint: string): string | undefined {
     if (typeof schema.format === "string" && isSupportedFormat(schema.format)) return formatString(this.rules, schema.format);
-    if (typeof schema.pattern === "string") return patternString(this.rules, schema.pattern, `${hint}_pattern`);
+    if (typeof schema.pattern === "string") {
+      try {
+        return patternString(this.rules, schema.pattern, `${hint}_pattern`);
+      } catch (err) {
+        if (err instanceof PatternError) this.fail(childPath(path, "pattern"), err.message);
+        throw err;
+      }
+    }
     const min = (schema.minLength as number | undefined) ?? 0;
     const max = (schema.maxLength as number | undefined) ?? Infinity;
     if (min === 0 && max === Infinity) return this.freeString();
     return this.rules.memo(`string:${min}:${max}`, () => this.countedString(min, max));
   }
 
-  /** A string of min..max code points: one rule per counted character. */
+  /**
+   * A string of min..max code points. Rules count what is left ("up to j more", "i more needed"),
+   * so strings with different bounds share their states; each state costs compile time per token.
+   */
   private countedString(min: number, max: number): string {
-    const last = max === Infinity ? min : max;
-    const tag = `string_${min}_${max === Infinity ? "inf" : max}`;
-    let tail = max === Infinity ? jsonStringRest(this.rules) : this.rules.rule("string_close", '"\\""');
-    for (let k = last - 1; k >= 0; k--) {
-      const more = anyCharThen(this.rules, tail, true);
-      tail = this.rules.rule(`${tag}_at${k}`, k >= min && max !== Infinity ? `"\\"" | ${more}` : more);
-    }
-    return this.rules.rule(tag, `"\\"" ${tail}`);
+    const upTo = (j: number): string =>
+      this.rules.memo(`string-up-to:${j}`, () =>
+        j === 0 ? this.rules.rule("string_close", '"\\""') : this.rules.rule(`string_up_to_${j}`, `"\\"" | ${anyCharThen(this.rules, upTo(j - 1), true)}`),
+      );
+    const tailKey = max === Infinity ? "free" : `${max - min}`;
+    const need = (i: number): string =>
+      this.rules.memo(`string-need:${i}:${tailKey}`, () =>
+        i === 0
+          ? max === Infinity
+            ? jsonStringRest(this.rules)
+            : upTo(max - min)
+          : this.rules.rule(`string_need_${i}_then_${tailKey}`, anyCharThen(this.rules, need(i - 1), true)),
+      );
+    return this.rules.rule(`string_${min}_${max === Infinity ? "inf" : max}`, `"\\"" ${need(min)}`);
   }
 
   private resolve(ref: string, path: string): { schema: Schema; path: string } {
@@ -414,9 +433,11 @@ class Converter {
   }
 }
 
-function grammarText(converter: Converter, value: string): string {
+/** The root: the value, with whitespace around it, or one optional leading space in compact mode
+ * (SentencePiece vocabularies start words with a space). */
+function grammarText(converter: Converter, value: string, maxWhitespace: number): string {
   const ws = converter.ws();
-  return converter.rules.toString(`${ws} ${value} ${ws}`);
+  return converter.rules.toString(maxWhitespace === 0 ? `" "? ${value}` : `${ws} ${value} ${ws}`);
 }
 
 /** EBNF for JSON values valid against `schema`; throws ValidationError for what it cannot enforce. */
@@ -427,11 +448,11 @@ export function schemaToEbnf(schema: unknown, opts: ConvertOptions): string {
   if (value === undefined) {
     throw new ValidationError(`${opts.path}: no JSON value satisfies this schema as constrained decoding generates it`, opts.param);
   }
-  return grammarText(converter, value);
+  return grammarText(converter, value, opts.maxWhitespace);
 }
 
 /** EBNF for any JSON object (response_format json_object). */
 export function jsonObjectEbnf(maxWhitespace: number): string {
   const converter = new Converter(true, { path: "response_format", param: "response_format", maxWhitespace });
-  return grammarText(converter, converter.anyObject());
+  return grammarText(converter, converter.anyObject(), maxWhitespace);
 }

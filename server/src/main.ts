@@ -1,0 +1,104 @@
+// `loraserve`: parses flags and environment, loads the base model into the engine, warms it up, serves HTTP,
+// and shuts down gracefully on SIGTERM (stop accepting, finish in-flight requests, exit).
+import fs from "node:fs";
+import type { Server } from "node:http";
+
+import { CommanderError } from "commander";
+import pino from "pino";
+
+import { Engine } from "../../engine/src/engine.js";
+import { DEFAULT_SAMPLING } from "../../engine/src/sampling.js";
+import { createApp } from "./app.js";
+import { kvBudgetBytes, parseConfig, type ServerConfig } from "./config.js";
+import type { ServerContext } from "./context.js";
+import { Metrics } from "./metrics.js";
+
+export async function startServer(config: ServerConfig, logger = makeLogger(config)): Promise<{ ctx: ServerContext; server: Server; close: () => Promise<void> }> {
+  const modelDir = config.modelId;
+  if (!fs.existsSync(modelDir))
+    throw new Error(`--model-id ${modelDir}: no such directory (the Hub and S3 base-model sources need a local copy for now)`);
+  const t0 = Date.now();
+  const engine = await Engine.create(modelDir, {
+    kvBytes: kvBudgetBytes(config),
+    blockSize: 16,
+    maxStepTokens: config.maxBatchPrefillTokens + 256,
+    maxOutRows: 256,
+    maxBatchPrefillTokens: config.maxBatchPrefillTokens,
+    maxBatchTotalTokens: config.maxBatchTotalTokens,
+    maxWaitingTokens: config.maxWaitingTokens,
+    waitingServedRatio: config.waitingServedRatio,
+    maxConcurrentRequests: config.maxConcurrentRequests,
+    maxInputLength: config.maxInputLength,
+    maxTotalTokens: config.maxTotalTokens,
+    threads: config.threads,
+    dtype: config.dtype === "float32" ? "F32" : config.dtype === "bfloat16" ? "BF16" : config.dtype === "float16" ? "F16" : undefined,
+    loraSlots: config.maxActiveAdapters,
+    loraMaxRank: config.loraMaxRank,
+  });
+  const info = engine.backend.info();
+  logger.info({ model: modelDir, backend: info.backend, threads: info.threads, weightMB: Math.round(info.weightBytes / 1e6), kvBlocks: info.kvBlocks, ms: Date.now() - t0 }, "model loaded");
+  const modelId = config.modelId;
+  const metrics = new Metrics(modelId);
+  metrics.watch(engine);
+  const ctx: ServerContext = { engine, config, metrics, logger, modelId, ready: false, named: new Map() };
+  const app = createApp(ctx);
+  const server = await new Promise<Server>((resolve, reject) => {
+    const s = app.listen(config.port, config.hostname, () => resolve(s));
+    s.once("error", reject);
+  });
+  // Warm-up: one short generation through the whole path before /health turns green.
+  for await (const _e of engine.generate({ prompt: [engine.tokenizer.bosId ?? 0], params: { ...DEFAULT_SAMPLING, maxNewTokens: 1 } }));
+  ctx.ready = true;
+  const addr = server.address();
+  logger.info({ address: typeof addr === "object" && addr ? `http://${addr.address}:${addr.port}` : addr }, "ready");
+  const close = async () => {
+    ctx.ready = false;
+    await new Promise<void>((r) => server.close(() => r()));
+    engine.backend.close();
+  };
+  return { ctx, server, close };
+}
+
+export function makeLogger(config: Pick<ServerConfig, "jsonOutput">): pino.Logger {
+  return config.jsonOutput
+    ? pino({ level: process.env.LOG_LEVEL ?? "info" })
+    : pino({ level: process.env.LOG_LEVEL ?? "info", transport: { target: "pino-pretty", options: { colorize: process.stdout.isTTY, translateTime: "SYS:HH:MM:ss" } } });
+}
+
+async function main(): Promise<void> {
+  let config: ServerConfig;
+  try {
+    config = parseConfig(process.argv.slice(2));
+  } catch (e) {
+    // commander has printed the help, the version or the error already.
+    if (e instanceof CommanderError) process.exit(e.exitCode === 0 ? 0 : 2);
+    throw e;
+  }
+  const logger = makeLogger(config);
+  let running: Awaited<ReturnType<typeof startServer>>;
+  try {
+    running = await startServer(config, logger);
+  } catch (e) {
+    logger.fatal({ err: (e as Error).message }, "start-up failed");
+    process.exitCode = 1;
+    return;
+  }
+  let stopping = false;
+  const shutdown = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, "shutting down: finishing in-flight requests");
+    running.ctx.ready = false;
+    running.server.close();
+    const timeout = new Promise((r) => setTimeout(r, running.ctx.config.shutdownTimeoutS * 1000).unref());
+    await Promise.race([running.ctx.engine.drain(), timeout]);
+    running.ctx.engine.backend.close();
+    logger.info("bye");
+    process.exit(0);
+  };
+  process.on("SIGTERM", () => void shutdown("SIGTERM"));
+  process.on("SIGINT", () => void shutdown("SIGINT"));
+}
+
+if (process.argv[1] && /main\.(ts|js)$/.test(process.argv[1])) void main();
+export { main };

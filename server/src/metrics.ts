@@ -1,0 +1,58 @@
+// Prometheus metrics (prom-client): the lorax_* request metrics, batch / queue / KV gauges fed by engine steps,
+// per-adapter counters, and vLLM-compatible names that LoRA-aware routers read. Only server/ writes them.
+import client from "prom-client";
+
+import type { Engine, StepEvent } from "../../engine/src/engine.js";
+
+const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120];
+const TOKEN_BUCKETS = [1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192];
+
+export class Metrics {
+  readonly registry = new client.Registry();
+  readonly requestCount = new client.Counter({ name: "lorax_request_count", help: "Requests received", labelNames: ["route"], registers: [this.registry] });
+  readonly requestSuccess = new client.Counter({ name: "lorax_request_success", help: "Requests completed", labelNames: ["route"], registers: [this.registry] });
+  readonly requestFailure = new client.Counter({ name: "lorax_request_failure", help: "Requests failed, by error kind", labelNames: ["route", "err"], registers: [this.registry] });
+  readonly requestDuration = new client.Histogram({ name: "lorax_request_duration", help: "End-to-end request seconds", buckets: DURATION_BUCKETS, registers: [this.registry] });
+  readonly queueDuration = new client.Histogram({ name: "lorax_request_queue_duration", help: "Seconds from arrival to first scheduling", buckets: DURATION_BUCKETS, registers: [this.registry] });
+  readonly validationDuration = new client.Histogram({ name: "lorax_request_validation_duration", help: "Seconds spent validating, tokenizing and acquiring the adapter", buckets: DURATION_BUCKETS, registers: [this.registry] });
+  readonly inferenceDuration = new client.Histogram({ name: "lorax_request_inference_duration", help: "Seconds from first scheduling to the last token", buckets: DURATION_BUCKETS, registers: [this.registry] });
+  readonly timePerToken = new client.Histogram({ name: "lorax_request_mean_time_per_token_duration", help: "Mean seconds per generated token of a request", buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1], registers: [this.registry] });
+  readonly generatedTokens = new client.Histogram({ name: "lorax_request_generated_tokens", help: "Tokens generated per request", buckets: TOKEN_BUCKETS, registers: [this.registry] });
+  readonly inputLength = new client.Histogram({ name: "lorax_request_input_length", help: "Prompt tokens per request", buckets: TOKEN_BUCKETS, registers: [this.registry] });
+  readonly batchSize = new client.Gauge({ name: "lorax_batch_current_size", help: "Sequences in the last step", registers: [this.registry] });
+  readonly batchTokens = new client.Histogram({ name: "lorax_batch_next_size", help: "Tokens per step", buckets: TOKEN_BUCKETS, registers: [this.registry] });
+  readonly stepDuration = new client.Histogram({ name: "lorax_batch_inference_duration", help: "Seconds per engine step, by kind", labelNames: ["method"], buckets: DURATION_BUCKETS, registers: [this.registry] });
+  readonly queueSize = new client.Gauge({ name: "lorax_queue_size", help: "Sequences waiting to be scheduled", registers: [this.registry] });
+  readonly kvUsed = new client.Gauge({ name: "loraserve_kv_blocks_used", help: "KV cache blocks in use", registers: [this.registry] });
+  readonly kvTotal = new client.Gauge({ name: "loraserve_kv_blocks_total", help: "KV cache blocks in the pool", registers: [this.registry] });
+  readonly preemptions = new client.Counter({ name: "loraserve_preemptions_total", help: "Sequences preempted (recomputed later) for lack of KV blocks", registers: [this.registry] });
+  readonly adapterRequests = new client.Counter({ name: "lorax_adapter_requests", help: "Requests per adapter", labelNames: ["adapter"], registers: [this.registry] });
+  // vLLM names read by LoRA-aware routers (Gateway API Inference Extension).
+  readonly vllmRunning = new client.Gauge({ name: "vllm:num_requests_running", help: "Requests in the running batch", labelNames: ["model_name"], registers: [this.registry] });
+  readonly vllmWaiting = new client.Gauge({ name: "vllm:num_requests_waiting", help: "Requests waiting to be scheduled", labelNames: ["model_name"], registers: [this.registry] });
+  readonly vllmKvUsage = new client.Gauge({ name: "vllm:gpu_cache_usage_perc", help: "KV cache usage, 0..1 (name kept for router compatibility; the cache is in host memory on CPU)", labelNames: ["model_name"], registers: [this.registry] });
+  readonly vllmKvUsage2 = new client.Gauge({ name: "vllm:kv_cache_usage_perc", help: "KV cache usage, 0..1", labelNames: ["model_name"], registers: [this.registry] });
+
+  constructor(readonly modelName: string) {
+    client.collectDefaultMetrics({ register: this.registry });
+  }
+
+  /** Subscribes to an engine's steps. */
+  watch(engine: Engine): void {
+    engine.on("step", (e: StepEvent) => {
+      const s = e.stats;
+      this.batchSize.set(s.batchSize);
+      this.batchTokens.observe(e.tokens);
+      this.stepDuration.observe({ method: s.prefillTokens > 0 ? "prefill" : "decode" }, e.micros / 1e6);
+      this.queueSize.set(s.waiting);
+      this.kvUsed.set(s.kvUsedBlocks);
+      this.kvTotal.set(s.kvTotalBlocks);
+      if (s.preemptions) this.preemptions.inc(s.preemptions);
+      this.vllmRunning.set({ model_name: this.modelName }, s.running);
+      this.vllmWaiting.set({ model_name: this.modelName }, s.waiting);
+      const usage = s.kvTotalBlocks ? s.kvUsedBlocks / s.kvTotalBlocks : 0;
+      this.vllmKvUsage.set({ model_name: this.modelName }, usage);
+      this.vllmKvUsage2.set({ model_name: this.modelName }, usage);
+    });
+  }
+}

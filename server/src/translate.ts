@@ -1,0 +1,103 @@
+// Wire → engine: turns validated native and OpenAI request bodies into SamplingParams and adapter requests,
+// with each API's defaults and semantics (TGI: warpers imply sampling; OpenAI: temperature 0 is greedy).
+import type { Request } from "express";
+
+import type { AdapterRequest } from "../../engine/src/engine.js";
+import { ValidationError } from "../../engine/src/errors.js";
+import { DEFAULT_SAMPLING, type SamplingParams } from "../../engine/src/sampling.js";
+import { adapterFromModel, adapterToken, checkStops, defaultAdapter, inferSource, type ServerContext } from "./context.js";
+import type { components } from "./wire-types.js";
+
+type S = components["schemas"];
+
+const seedOf = (s: number | null | undefined) => (s === null || s === undefined ? undefined : BigInt.asUintN(64, BigInt(s)));
+
+export function mergedOf(m: S["MergedAdapters"] | null | undefined): Extract<AdapterRequest, { merged: unknown }>["merged"] | undefined {
+  if (!m) return undefined;
+  return { ids: m.ids, weights: m.weights, mergeStrategy: m.merge_strategy, density: m.density, majoritySignMethod: m.majority_sign_method };
+}
+
+export interface NativeMeta {
+  details: boolean;
+  decoderInputDetails: boolean;
+  returnFullText: boolean;
+  bestOf: number;
+  topN: number;
+  sampling: boolean;
+}
+
+export function nativeParams(ctx: ServerContext, req: Request, body: S["GenerateRequest"], stream: boolean): { params: SamplingParams; adapter?: AdapterRequest; meta: NativeMeta; truncate?: number } {
+  const p = body.parameters ?? {};
+  if (p.watermark) throw new ValidationError("watermark is not supported by this server", "parameters.watermark");
+  const temperature = p.temperature ?? 1;
+  const topK = p.top_k ?? 0;
+  const topP = p.top_p ?? 1;
+  const typicalP = p.typical_p ?? 1;
+  // TGI: any warper implies sampling; temperature 0 means greedy here.
+  const sampling = temperature > 0 && ((p.do_sample ?? false) || temperature !== 1 || topK > 0 || topP < 1 || typicalP < 1);
+  const bestOf = p.best_of ?? 1;
+  if (bestOf > ctx.config.maxBestOf) throw new ValidationError(`best_of ${bestOf} is above --max-best-of ${ctx.config.maxBestOf}`, "parameters.best_of");
+  if (bestOf > 1 && !sampling) throw new ValidationError("best_of > 1 needs sampling: set do_sample or a temperature/top_k/top_p", "parameters.best_of");
+  if (bestOf > 1 && stream) throw new ValidationError("best_of > 1 cannot be streamed", "parameters.best_of");
+  const token = adapterToken(ctx, req, p.api_token);
+  let adapter: AdapterRequest | undefined;
+  const merged = mergedOf(p.merged_adapters);
+  if (merged) adapter = { merged, source: p.adapter_source ?? ctx.config.adapterSource, token };
+  else if (p.adapter_id) adapter = { id: p.adapter_id, source: p.adapter_source ?? inferSource(p.adapter_id, ctx.config.adapterSource), token };
+  else adapter = defaultAdapter(ctx, token);
+  const params: SamplingParams = {
+    ...DEFAULT_SAMPLING,
+    maxNewTokens: p.max_new_tokens ?? 20,
+    doSample: sampling,
+    temperature: temperature > 0 ? temperature : 1,
+    topK,
+    topP,
+    typicalP,
+    repetitionPenalty: p.repetition_penalty ?? 1,
+    presencePenalty: p.presence_penalty ?? 0,
+    frequencyPenalty: p.frequency_penalty ?? 0,
+    seed: seedOf(p.seed),
+    stop: checkStops(ctx, p.stop ?? []),
+    ignoreEos: p.ignore_eos_token ?? false,
+    topLogprobs: p.top_n_tokens ?? 0,
+    promptLogprobs: p.decoder_input_details ?? false,
+  };
+  return {
+    params,
+    adapter,
+    truncate: p.truncate ?? undefined,
+    meta: { details: p.details ?? false, decoderInputDetails: p.decoder_input_details ?? false, returnFullText: p.return_full_text ?? false, bestOf, topN: params.topLogprobs, sampling },
+  };
+}
+
+type OpenAIBody = S["CompletionRequest"] | S["ChatCompletionRequest"];
+
+export function openaiParams(ctx: ServerContext, req: Request, body: OpenAIBody, maxTokens: number | undefined, topLogprobs: number): { params: SamplingParams; adapter?: AdapterRequest } {
+  if (body.logit_bias && Object.keys(body.logit_bias).length > 0) throw new ValidationError("logit_bias is not supported", "logit_bias");
+  const temperature = body.temperature ?? 1;
+  const token = adapterToken(ctx, req, body.api_token);
+  const merged = mergedOf(body.merged_adapters);
+  const adapter: AdapterRequest | undefined = merged
+    ? { merged, source: body.adapter_source ?? ctx.config.adapterSource, token }
+    : adapterFromModel(ctx, body.model, body.adapter_source, token);
+  const stop = body.stop === null || body.stop === undefined ? [] : typeof body.stop === "string" ? [body.stop] : body.stop;
+  return {
+    adapter,
+    params: {
+      ...DEFAULT_SAMPLING,
+      maxNewTokens: maxTokens ?? 16,
+      doSample: temperature > 0,
+      temperature: temperature > 0 ? temperature : 1,
+      topK: body.top_k ?? 0,
+      topP: body.top_p ?? 1,
+      minP: body.min_p ?? 0,
+      repetitionPenalty: body.repetition_penalty ?? 1,
+      presencePenalty: body.presence_penalty ?? 0,
+      frequencyPenalty: body.frequency_penalty ?? 0,
+      seed: seedOf(body.seed),
+      stop: checkStops(ctx, stop),
+      ignoreEos: body.ignore_eos ?? false,
+      topLogprobs,
+    },
+  };
+}
