@@ -4,6 +4,9 @@
 import { randomBytes } from "node:crypto";
 import { lstat, mkdir, readFile, readdir, readlink, rename, rm, stat, writeFile } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
+import { AdapterAccessError, LoraserveError } from "../../errors.js";
+import { SingleFlight } from "./single-flight.js";
+import { untilAborted } from "./transfer.js";
 import type { SourceLogger } from "./types.js";
 
 /**
@@ -18,6 +21,15 @@ export type CacheEntry =
 /** An entry as a source hands it over; the cache stamps `lastUsed`. */
 export type NewCacheEntry = DistributiveOmit<CacheEntry, "lastUsed">;
 type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
+
+/** A cached entry handed to one caller: pinned until `release`. */
+export interface Obtained {
+  entry: CacheEntry;
+  release: () => void;
+  /** No download ran (or was joined) for this caller. */
+  fromCache: boolean;
+  downloadMs: number;
+}
 
 interface IndexFile {
   version: 1;
@@ -52,6 +64,7 @@ export class AdapterDiskCache {
   private readonly entries = new Map<string, CacheEntry>();
   private readonly pins = new Map<string, number>();
   private readonly locks = new KeyedLock();
+  private readonly downloads = new SingleFlight<CacheEntry>();
   private saving: Promise<void> = Promise.resolve();
   private dirty = false;
 
@@ -155,6 +168,41 @@ export class AdapterDiskCache {
     entry.lastUsed = Date.now();
     this.scheduleSave();
     return { entry, release };
+  }
+
+  /**
+   * The entry for `key`, pinned and touched. When it is missing, `download` (which must commit it) runs once for all
+   * concurrent callers; each caller may leave through its own `signal` without stopping it for the others.
+   * `rerunOnAccessError`: a caller that joined a download made with another request's token, and saw it refused,
+   * runs one of its own (its own access was checked separately).
+   */
+  async obtain(key: string, download: () => Promise<CacheEntry>, signal: AbortSignal | undefined, what: string, rerunOnAccessError = false): Promise<Obtained> {
+    let downloadMs = 0;
+    let fromCache = true;
+    let reran = false;
+    for (let tries = 0; tries < 3; tries++) {
+      const hit = await this.acquire(key);
+      if (hit !== undefined) {
+        this.trimInBackground();
+        return { ...hit, fromCache, downloadMs };
+      }
+      fromCache = false;
+      const t0 = Date.now();
+      let mine = false;
+      const shared = this.downloads.run(key, () => {
+        mine = true;
+        return download();
+      });
+      try {
+        await untilAborted(shared, signal, what);
+      } catch (err) {
+        if (!rerunOnAccessError || !(err instanceof AdapterAccessError) || mine || reran) throw err;
+        reran = true;
+        tries--;
+      }
+      downloadMs += Date.now() - t0;
+    }
+    throw new LoraserveError("internal", `${what}: cached copy vanished three times right after download (disk cache budget too small?)`);
   }
 
   /** Records a complete entry (its files already in place). */

@@ -83,7 +83,6 @@ interface Resolved {
 export class HubSource implements AdapterSource {
   readonly name = "hub" as const;
   private readonly resolutions = new SingleFlight<Resolved>();
-  private readonly downloads = new SingleFlight<CacheEntry>();
   private readonly endpoint: string;
 
   private readonly cacheDir: string;
@@ -112,34 +111,18 @@ export class HubSource implements AdapterSource {
     const resolveMs = Date.now() - started;
     const key = `hub:${ref.repo}@${sha}`;
     const repoDir = join(this.cacheDir, hubRepoFolder(ref.repo));
-    let downloadMs = 0;
-    let fromCache = true;
-    let accessRetried = false;
-    for (let tries = 0; tries < 3; tries++) {
-      const hit = await this.cache.acquire(key);
-      if (hit !== undefined) {
-        if (ref.revision !== sha) await this.writeRef(repoDir, ref.revision, sha);
-        this.cache.trimInBackground();
-        return { source: "hub", id, dir: hit.entry.dir, cacheKey: key, bytes: hit.entry.bytes, fromCache, timings: { resolveMs, downloadMs, totalMs: Date.now() - started }, release: hit.release };
-      }
-      fromCache = false;
-      const t0 = Date.now();
-      let mine = false;
-      const shared = this.downloads.run(key, () => {
-        mine = true;
-        return this.download(ref, id, sha, token, repoDir, key);
-      });
-      try {
-        await untilAborted(shared, signal, `hub adapter "${id}": download`);
-      } catch (err) {
-        // A download led by another request ran on that request's token; one refused there is retried on ours.
-        if (!(err instanceof AdapterAccessError) || mine || accessRetried) throw err;
-        accessRetried = true;
-        tries--;
-      }
-      downloadMs += Date.now() - t0;
-    }
-    throw new LoraserveError("internal", `hub adapter "${id}": cached copy vanished three times right after download (disk cache budget too small?)`);
+    const got = await this.cache.obtain(key, () => this.download(ref, id, sha, token, repoDir, key), signal, `hub adapter "${id}": download`, true);
+    if (ref.revision !== sha) await this.writeRef(repoDir, ref.revision, sha);
+    return {
+      source: "hub",
+      id,
+      dir: got.entry.dir,
+      cacheKey: key,
+      bytes: got.entry.bytes,
+      fromCache: got.fromCache,
+      timings: { resolveMs, downloadMs: got.downloadMs, totalMs: Date.now() - started },
+      release: got.release,
+    };
   }
 
   private resolve(ref: HubRef, id: string, token: string | undefined, signal: AbortSignal | undefined, reuseMs: number): Promise<Resolved> {
@@ -274,7 +257,6 @@ export class HubSource implements AdapterSource {
         await this.cache.enforceBudget(weightBytes);
         this.log.info({ adapter: id, sha, files: weights.map((f) => f.path), bytes: weightBytes }, "adapter download started");
         await forEachLimit(weights, 4, (f) => this.ensureFile(ref, id, sha, f, token, repoDir, deadline));
-        if (ref.revision !== sha) await this.writeRef(repoDir, ref.revision, sha);
         const files = [...small, ...weights];
         const bytes = files.reduce((s, f) => s + (f.lfs?.size ?? f.size), 0);
         this.log.info({ adapter: id, sha, bytes }, "adapter downloaded");

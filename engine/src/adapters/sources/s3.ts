@@ -8,8 +8,7 @@ import { dirname, join, sep } from "node:path";
 import type { Readable } from "node:stream";
 import { AdapterAccessError, LoraserveError, NotFoundError, ValidationError } from "../../errors.js";
 import { type AdapterDiskCache, type CacheEntry, lockKeyOf } from "./disk-cache.js";
-import { SingleFlight } from "./single-flight.js";
-import { Deadline, TransientError, forEachLimit, isRetryableStatus, untilAborted, withRetries, writeStreamAtomically } from "./transfer.js";
+import { Deadline, TransientError, forEachLimit, isRetryableStatus, withRetries, writeStreamAtomically } from "./transfer.js";
 import type { AdapterSource, FetchedAdapter, ProgressOptions, RetryPolicy, SourceContext, SourceLogger, SourceTimeouts } from "./types.js";
 
 export interface S3Options {
@@ -87,7 +86,6 @@ const RETRY_CODES = new Set(["InternalError", "ServiceUnavailable", "SlowDown", 
 
 /** Downloads S3 prefixes into the disk cache; shared by the s3 and pbase sources. */
 export class S3Fetcher {
-  private readonly flights = new SingleFlight<CacheEntry>();
   private readonly policy: RetryPolicy;
   private readonly timeouts: SourceTimeouts;
   private readonly progress: ProgressOptions;
@@ -118,33 +116,17 @@ export class S3Fetcher {
   ): Promise<FetchedAdapter> {
     const label = `${who.source} adapter "${who.id}"`;
     const key = S3Fetcher.cacheKey(loc);
-    let downloadMs = 0;
-    let fromCache = true;
-    for (let tries = 0; tries < 3; tries++) {
-      const hit = await this.cache.acquire(key);
-      if (hit !== undefined) {
-        this.cache.trimInBackground();
-        return {
-          source: who.source,
-          id: who.id,
-          dir: hit.entry.dir,
-          cacheKey: key,
-          bytes: hit.entry.bytes,
-          fromCache,
-          timings: { resolveMs, downloadMs, totalMs: Date.now() - started },
-          release: hit.release,
-        };
-      }
-      const t0 = Date.now();
-      fromCache = false;
-      await untilAborted(
-        this.flights.run(key, () => this.download(loc, label)),
-        signal,
-        `${label}: download`,
-      );
-      downloadMs += Date.now() - t0;
-    }
-    throw new LoraserveError("internal", `${label}: cached copy vanished three times right after download (disk cache budget too small?)`);
+    const got = await this.cache.obtain(key, () => this.download(loc, label), signal, `${label}: download`);
+    return {
+      source: who.source,
+      id: who.id,
+      dir: got.entry.dir,
+      cacheKey: key,
+      bytes: got.entry.bytes,
+      fromCache: got.fromCache,
+      timings: { resolveMs, downloadMs: got.downloadMs, totalMs: Date.now() - started },
+      release: got.release,
+    };
   }
 
   private download(loc: S3Location, label: string): Promise<CacheEntry> {

@@ -362,6 +362,26 @@ describe("hub source: single-flight and adapter kinds", () => {
     for (const a of all) a.release();
   });
 
+  it("a request that joined a download refused on another request's token runs its own", async () => {
+    const leader = "hf_leader_token_revoked_midway";
+    const joiner = "hf_joiner_token_valid";
+    hub.addToken(leader);
+    hub.addToken(joiner);
+    hub.addRepo("org/two-tokens", loraAdapterFiles(), { private: true, readers: [leader, joiner] });
+    const { sources: s } = await sources();
+    hub.slow("tree", 300);
+    const first = s.fetch("hub", "org/two-tokens", leader);
+    await new Promise((r) => setTimeout(r, 50));
+    const second = s.fetch("hub", "org/two-tokens", joiner);
+    await new Promise((r) => setTimeout(r, 50));
+    hub.revoke(leader);
+    expect((await errorOf(first)).kind).toBe("unauthorized");
+    const a = await second;
+    expect(a.bytes).toBeGreaterThan(0);
+    expect(hub.requests.filter((r) => r.kind === "tree").map((r) => r.token)).toEqual([leader, joiner]);
+    a.release();
+  });
+
   it("Medusa heads: config.json with medusa_num_heads pulls the head weights", async () => {
     const heads = safetensors({ "0.0.linear.weight": { dtype: "F16", shape: [16, 16] } });
     hub.addRepo("org/medusa", [
