@@ -4,10 +4,10 @@
 import { lstat, readFile, readdir, readlink, realpath, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { AdapterAccessError, CancelledError, LoraserveError, NotFoundError, UpstreamError, ValidationError } from "../../../../engine/src/errors.js";
+import { AdapterAccessError, CancelledError, NotFoundError, UpstreamError, ValidationError } from "../../../../engine/src/errors.js";
 import { pickToken } from "../../../../engine/src/adapters/sources/index.js";
 import { FakeHub, gitBlobSha1, loraAdapterFiles, safetensors, sha256 } from "../../../helpers/fake-hub.js";
-import { type Harness, harness, occursUnder, tree } from "./setup.js";
+import { errorOf, harness, type Harness, occursUnder, tree } from "./setup.js";
 
 const TOKEN = "hf_reader_token_5f3a9c";
 const OTHER = "hf_other_token_11aa";
@@ -31,16 +31,6 @@ afterEach(async () => {
 async function sources(over: Parameters<typeof harness>[0] = {}): Promise<Harness> {
   h = await harness({ hub: { endpoint: hub.url }, ...over });
   return h;
-}
-
-async function errorOf(p: Promise<unknown>): Promise<LoraserveError> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof LoraserveError) return err;
-    throw err;
-  }
-  throw new Error("expected a failure");
 }
 
 describe("hub source: cache layout", () => {

@@ -4,9 +4,9 @@
 import { mkdir, realpath, rm, symlink, writeFile } from "node:fs/promises";
 import { join, relative } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { AdapterAccessError, LoraserveError, NotFoundError, ValidationError } from "../../../../engine/src/errors.js";
+import { AdapterAccessError, NotFoundError, ValidationError } from "../../../../engine/src/errors.js";
 import { LocalSource } from "../../../../engine/src/adapters/sources/local.js";
-import { memoryLog, tempDir } from "./setup.js";
+import { errorOf, memoryLog, tempDir } from "./setup.js";
 
 let base: string;
 let root: string;
@@ -40,16 +40,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await rm(base, { recursive: true, force: true });
 });
-
-async function errorOf(p: Promise<unknown>): Promise<LoraserveError> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof LoraserveError) return err;
-    throw err;
-  }
-  throw new Error("expected a failure");
-}
 
 describe("local source", () => {
   it("serves a directory under a root, by absolute path or relative to the roots, in place", async () => {

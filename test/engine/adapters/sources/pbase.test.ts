@@ -4,11 +4,11 @@
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { AdapterAccessError, LoraserveError, NotFoundError, UpstreamError, ValidationError } from "../../../../engine/src/errors.js";
+import { AdapterAccessError, NotFoundError, UpstreamError, ValidationError } from "../../../../engine/src/errors.js";
 import { FakePredibase } from "../../../helpers/fake-predibase.js";
 import { loraAdapterFiles } from "../../../helpers/fake-hub.js";
 import { S3RVER_CREDENTIALS, TestS3 } from "../../../helpers/s3.js";
-import { type Harness, harness, occursUnder } from "./setup.js";
+import { errorOf, type Harness, harness, occursUnder } from "./setup.js";
 
 const BUCKET = "pbase-models";
 const TOKEN = "pb_token_of_tenant_a_123";
@@ -57,16 +57,6 @@ async function sources(extra: Parameters<typeof harness>[0] = {}): Promise<Harne
     ...extra,
   });
   return h;
-}
-
-async function errorOf(p: Promise<unknown>): Promise<LoraserveError> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof LoraserveError) return err;
-    throw err;
-  }
-  throw new Error("expected a failure");
 }
 
 async function rankOf(dir: string): Promise<number> {

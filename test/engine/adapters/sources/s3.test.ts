@@ -6,10 +6,10 @@ import { type IncomingMessage, type ServerResponse, createServer, request } from
 import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { adapterSourcesConfigFromEnv } from "../../../../engine/src/adapters/sources/index.js";
-import { AdapterAccessError, LoraserveError, NotFoundError, UpstreamError, ValidationError } from "../../../../engine/src/errors.js";
+import { AdapterAccessError, NotFoundError, UpstreamError, ValidationError } from "../../../../engine/src/errors.js";
 import { listen, loraAdapterFiles } from "../../../helpers/fake-hub.js";
 import { S3RVER_CREDENTIALS, TestS3 } from "../../../helpers/s3.js";
-import { type Harness, harness, occursUnder, tree } from "./setup.js";
+import { errorOf, harness, type Harness, occursUnder, tree } from "./setup.js";
 
 const BUCKET = "adapters-bucket";
 let s3: TestS3;
@@ -32,16 +32,6 @@ afterEach(async () => {
 async function sources(endpoint = s3.endpoint, credentials = S3RVER_CREDENTIALS, extra: Parameters<typeof harness>[0] = {}): Promise<Harness> {
   h = await harness({ s3: { endpoint, credentials }, ...extra });
   return h;
-}
-
-async function errorOf(p: Promise<unknown>): Promise<LoraserveError> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof LoraserveError) return err;
-    throw err;
-  }
-  throw new Error("expected a failure");
 }
 
 describe("s3 source", () => {

@@ -6,6 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type Logger, pino } from "pino";
 import { type AdapterSources, type AdapterSourcesConfig, createAdapterSources } from "../../../../engine/src/adapters/sources/index.js";
+import { LoraserveError } from "../../../../engine/src/errors.js";
 
 export interface MemoryLog {
   logger: Logger<never>;
@@ -86,4 +87,15 @@ export async function occursUnder(dir: string, needle: string): Promise<string[]
     if (st.isFile() && (await readFile(p)).includes(needle)) hits.push(`${rel} (content)`);
   }
   return hits;
+}
+
+/** The engine error `p` rejects with; fails the test when it resolves or rejects with anything else. */
+export async function errorOf(p: Promise<unknown>): Promise<LoraserveError> {
+  try {
+    await p;
+  } catch (err) {
+    if (err instanceof LoraserveError) return err;
+    throw err;
+  }
+  throw new Error("expected a failure");
 }
