@@ -100,6 +100,8 @@ export interface FakeHubFaults {
   cutNext(n: number, afterBytes: number): void;
   /** Send file bodies in `chunkBytes` pieces with `delayMs` between them. */
   throttle(chunkBytes: number, delayMs: number): void;
+  /** Flip one byte in the next `n` file bodies (right length, wrong content). */
+  corruptNext(n: number): void;
 }
 
 export class FakeHub implements FakeHubFaults {
@@ -113,6 +115,7 @@ export class FakeHub implements FakeHubFaults {
   private delays = new Map<RouteKind, number>();
   private cuts = { n: 0, afterBytes: 0 };
   private pace?: { chunkBytes: number; delayMs: number };
+  private corrupt = 0;
   url = "";
   cdnUrl = "";
 
@@ -187,7 +190,12 @@ export class FakeHub implements FakeHubFaults {
     this.pace = { chunkBytes, delayMs };
   }
 
+  corruptNext(n: number): void {
+    this.corrupt = n;
+  }
+
   clearFaults(): void {
+    this.corrupt = 0;
     this.failures.clear();
     this.delays.clear();
     this.cuts = { n: 0, afterBytes: 0 };
@@ -279,7 +287,13 @@ export class FakeHub implements FakeHubFaults {
     json(res, 404, { error: "no such object" });
   }
 
-  private async sendFile(req: IncomingMessage, res: ServerResponse, content: Buffer, headers: Record<string, string>): Promise<void> {
+  private async sendFile(req: IncomingMessage, res: ServerResponse, original: Buffer, headers: Record<string, string>): Promise<void> {
+    let content = original;
+    if (this.corrupt > 0 && req.method !== "HEAD") {
+      this.corrupt--;
+      content = Buffer.from(original);
+      content[content.length >> 1] ^= 0xff;
+    }
     res.writeHead(200, { ...headers, "Content-Type": "application/octet-stream", "Content-Length": String(content.length), "Accept-Ranges": "bytes" });
     if (req.method === "HEAD") return void res.end();
     if (this.cuts.n > 0 && content.length > this.cuts.afterBytes) {

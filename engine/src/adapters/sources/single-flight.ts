@@ -9,7 +9,8 @@ export class SingleFlight<T> {
 
   /**
    * The running promise for `key`, or a value that settled successfully less than `reuseMs` ago, or a new run of `fn`.
-   * `reuseMs = 0` shares only work still in flight.
+   * `reuseMs = 0` shares only work still in flight, and drops the settled value: after a refused re-check
+   * (an access check, reuse 0), no later caller can reuse the success it replaced.
    */
   run(key: string, fn: () => Promise<T>, reuseMs = 0): Promise<T> {
     const running = this.inflight.get(key);
@@ -27,23 +28,12 @@ export class SingleFlight<T> {
         return value;
       },
       (err: unknown) => {
-        // A refusal also withdraws an earlier success, so nothing reuses what was just denied.
         this.inflight.delete(key);
-        this.settled.delete(key);
         throw err;
       },
     );
     this.inflight.set(key, p);
     return p;
-  }
-
-  /** Forgets a settled value so the next run asks again (e.g. after a refusal further on). */
-  forget(key: string): void {
-    this.settled.delete(key);
-  }
-
-  isRunning(key: string): boolean {
-    return this.inflight.has(key);
   }
 
   private prune(): void {

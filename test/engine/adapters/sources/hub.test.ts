@@ -296,6 +296,23 @@ describe("hub source: failures", () => {
     expect(blobs).not.toContain(sha256(files[1].content));
   });
 
+  it("a body with the right length but wrong bytes fails its hash check, is retried, and never becomes a blob", async () => {
+    const files = loraAdapterFiles({ hidden: 128 });
+    files[1] = { ...files[1], lfs: true };
+    hub.addRepo("org/corrupt", files);
+    hub.addRepo("org/corrupt-always", loraAdapterFiles({ hidden: 128 }).map((f) => ({ ...f, lfs: false })));
+    const { sources: s, hubCache } = await sources();
+    hub.corruptNext(1);
+    const a = await s.fetch("hub", "org/corrupt", undefined);
+    expect((await readFile(join(a.dir, "adapter_model.safetensors"))).equals(files[1].content)).toBe(true);
+    a.release();
+    hub.corruptNext(100);
+    const e = await errorOf(s.fetch("hub", "org/corrupt-always", undefined));
+    expect(e.kind).toBe("upstream");
+    expect(e.message).toMatch(/corrupt download: git-sha1/);
+    expect(await readdir(join(hubCache, "models--org--corrupt-always", "blobs"))).toEqual([]);
+  });
+
   it("a stalled body is cut after stallMs and retried", async () => {
     const files = loraAdapterFiles({ hidden: 256 });
     hub.addRepo("org/stall", files);
@@ -370,6 +387,15 @@ describe("hub source: single-flight and adapter kinds", () => {
     expect(a.bytes).toBeGreaterThan(0);
     expect(hub.requests.filter((r) => r.kind === "tree").map((r) => r.token)).toEqual([leader, joiner]);
     a.release();
+  });
+
+  it("50 concurrent requests while the Hub is down share one failing download, not 50", async () => {
+    hub.addRepo("org/down-popular", loraAdapterFiles());
+    const { sources: s } = await sources();
+    hub.failNext("tree", 1_000, 503);
+    const errors = await Promise.all(Array.from({ length: 50 }, () => errorOf(s.fetch("hub", "org/down-popular", undefined))));
+    expect(new Set(errors.map((e) => e.kind))).toEqual(new Set(["upstream"]));
+    expect(hub.count("tree")).toBe(3);
   });
 
   it("Medusa heads: config.json with medusa_num_heads pulls the head weights", async () => {

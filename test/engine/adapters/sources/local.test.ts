@@ -74,6 +74,7 @@ describe("local source", () => {
   });
 
   it("refuses a symlink out of the roots, and an adapter dir holding a file symlinked out of them", async () => {
+    expect((await errorOf(src.checkAccess(join(root, "escape")))).kind).toBe("forbidden");
     const e = await errorOf(src.fetch(join(root, "escape")));
     expect(e.kind).toBe("forbidden");
     expect(e.message).toContain(join(outside, "secret"));
