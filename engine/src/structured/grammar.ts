@@ -3,7 +3,8 @@
 // It does not parse HTTP bodies, sample tokens or decide when to stop; the engine and server do.
 import { ValidationError } from "../errors.js";
 import { canonical, jsonObjectEbnf, schemaToEbnf } from "./schema-to-ebnf.js";
-import { loadXgrammar, type WasmMatcher, type XgCompiledGrammar, type XgGrammarCompiler, type Xgrammar, type XgTokenizerInfo } from "./xgrammar.js";
+import { byteLevelAlphabet, forbiddenAfterLead, neverValidUtf8, nextTail, pendingLead, type TokenBytes, tokenBytes } from "./utf8.js";
+import { loadXgrammar, type WasmMatcher, type XgCompiledGrammar, type XgGrammar, type XgGrammarCompiler, type Xgrammar, type XgTokenizerInfo } from "./xgrammar.js";
 
 /** How a vocabulary spells bytes: GPT-2 byte-to-unicode, SentencePiece ▁ and <0xNN>, or plain text. */
 export type VocabType = "byte_level" | "sentencepiece" | "raw";
@@ -45,30 +46,22 @@ export interface CompileOptions {
 
 const VOCAB_TYPES: Record<VocabType, string> = { byte_level: "byte_level", sentencepiece: "byte_fallback", raw: "raw" };
 
-/** GPT-2's byte → printable character table, which byte-level vocabularies are written in. */
-function byteLevelAlphabet(): string[] {
-  const direct: number[] = [];
-  for (let b = 0x21; b <= 0x7e; b++) direct.push(b);
-  for (let b = 0xa1; b <= 0xac; b++) direct.push(b);
-  for (let b = 0xae; b <= 0xff; b++) direct.push(b);
-  const table: string[] = new Array(256);
-  let shifted = 0;
-  for (let b = 0; b < 256; b++) {
-    table[b] = String.fromCodePoint(direct.includes(b) ? b : 256 + shifted++);
-  }
-  return table;
-}
-
-/** The vocabulary as xgrammar reads it: "" marks a token that structured output never allows. */
-function encodeVocab(input: GrammarVocabInput): string[] {
+/**
+ * The vocabulary as xgrammar reads it, "" marking a token structured output never allows: special
+ * tokens, and tokens that can never be valid UTF-8. Literal added tokens are respelled in the
+ * vocabulary's byte encoding (or refused when it cannot spell them). Padding ids up to the logit
+ * width are spelled "" too (xgrammar's own padding path corrupted its heap in our tests).
+ */
+function encodeVocab(input: GrammarVocabInput, bytes: TokenBytes, vocabSize: number): string[] {
   const never = new Set(input.specialIds);
   const literal = new Set(input.addedIds ?? []);
   const alphabet = input.vocabType === "byte_level" ? byteLevelAlphabet() : [];
-  const utf8 = new TextEncoder();
-  return Array.from(input.tokens, (token, id) => {
+  const padded = [...input.tokens, ...new Array<undefined>(vocabSize - input.tokens.length)];
+  return Array.from(padded, (token, id) => {
     if (token === undefined || never.has(id)) return "";
+    if (neverValidUtf8(bytes.bytes.subarray(bytes.offsets[id], bytes.offsets[id + 1]))) return "";
     if (!literal.has(id)) return token;
-    if (input.vocabType === "byte_level") return Array.from(utf8.encode(token), (b) => alphabet[b]).join("");
+    if (input.vocabType === "byte_level") return Array.from(bytes.bytes.subarray(bytes.offsets[id], bytes.offsets[id + 1]), (b) => alphabet[b]).join("");
     if (input.vocabType === "sentencepiece" && (token.includes("\u2581") || /^<0x[0-9A-F]{2}>$/.test(token))) return "";
     return token;
   });
@@ -85,6 +78,10 @@ export class GrammarVocab {
   readonly maskWords: number;
   readonly eosIds: readonly number[];
   readonly maxWhitespace: number;
+  /** What each token spells, for UTF-8 checks across token boundaries. */
+  readonly bytes: TokenBytes;
+  /** Per UTF-8 lead byte with a narrow next-byte range: the tokens it forbids next. */
+  readonly forbiddenAfter: ReadonlyMap<number, Uint32Array>;
   private readonly cache = new Map<string, Promise<CompiledGrammar>>();
   private readonly cacheSize: number;
 
@@ -94,9 +91,12 @@ export class GrammarVocab {
     readonly compiler: XgGrammarCompiler,
     input: GrammarVocabInput,
     options: GrammarVocabOptions,
+    bytes: TokenBytes,
   ) {
     this.vocabSize = info.getVocabSize();
     this.maskWords = Math.ceil(this.vocabSize / 32);
+    this.bytes = bytes;
+    this.forbiddenAfter = forbiddenAfterLead(bytes, this.maskWords);
     this.eosIds = [...input.eosIds];
     this.cacheSize = options.cacheSize ?? 64;
     this.maxWhitespace = options.maxWhitespace ?? 0;
@@ -111,9 +111,10 @@ export class GrammarVocab {
     const badEos = input.eosIds.find((id) => !Number.isInteger(id) || id < 0 || id >= vocabSize);
     if (badEos !== undefined) throw new Error(`GrammarVocab: eos id ${badEos} is outside the vocabulary 0..${vocabSize - 1}`);
     const xg = await loadXgrammar();
-    const info = await xg.TokenizerInfo.createTokenizerInfo(encodeVocab(input), VOCAB_TYPES[input.vocabType], false, vocabSize, [...input.eosIds]);
+    const bytes = tokenBytes(input.tokens, input.vocabType, new Set(input.addedIds ?? []));
+    const info = await xg.TokenizerInfo.createTokenizerInfo(encodeVocab(input, bytes, vocabSize), VOCAB_TYPES[input.vocabType], false, vocabSize, [...input.eosIds]);
     const compiler = await xg.GrammarCompiler.createGrammarCompiler(info, false);
-    return new GrammarVocab(xg, info, compiler, input, options);
+    return new GrammarVocab(xg, info, compiler, input, options, bytes);
   }
 
   /** A zeroed mask buffer of `rows` rows. */
@@ -172,8 +173,10 @@ export class CompiledGrammar {
  * Uint32 words with bit (id % 32) of word (id >> 5) set when token id may come next.
  */
 export class GrammarMatcher {
-  private accepted = 0;
   private disposed = false;
+  /** Unfinished UTF-8 bytes at the end of the output, and what it was before each accepted token. */
+  private tail: number[] = [];
+  private readonly tails: number[][] = [];
 
   constructor(
     private readonly vocab: GrammarVocab,
@@ -204,25 +207,39 @@ export class GrammarMatcher {
     } finally {
       vector.delete();
     }
+    const forbidden = this.forbiddenNow();
+    if (forbidden !== undefined) for (let w = 0; w < words; w++) out[w] &= ~forbidden[w];
+  }
+
+  /** Tokens the UTF-8 sequence in progress rules out, which xgrammar 0.1.27 would let through. */
+  private forbiddenNow(): Uint32Array | undefined {
+    const lead = pendingLead(this.tail);
+    return lead === undefined ? undefined : this.vocab.forbiddenAfter.get(lead);
   }
 
   /** Advances past `tokenId`; false (and no change) when the grammar does not allow it here. */
   accept(tokenId: number): boolean {
     const handle = this.live();
     if (!Number.isInteger(tokenId) || tokenId < 0 || tokenId >= this.vocab.vocabSize) return false;
+    const forbidden = this.forbiddenNow();
+    if (forbidden !== undefined && ((forbidden[tokenId >>> 5] >>> (tokenId & 31)) & 1) === 1) return false;
     if (!handle.AcceptToken(tokenId, false)) return false;
-    this.accepted++;
+    this.tails.push(this.tail);
+    const { bytes, offsets } = this.vocab.bytes;
+    if (tokenId + 1 < offsets.length) this.tail = nextTail(this.tail, bytes.subarray(offsets[tokenId], offsets[tokenId + 1]));
     return true;
   }
 
   /** Undoes the last `count` accepted tokens (rejected speculative drafts). */
   rollback(count: number): void {
     const handle = this.live();
-    if (!Number.isInteger(count) || count < 0 || count > this.accepted) {
-      throw new Error(`rollback(${count}): only ${this.accepted} tokens were accepted`);
+    if (!Number.isInteger(count) || count < 0 || count > this.tails.length) {
+      throw new Error(`rollback(${count}): only ${this.tails.length} tokens were accepted`);
     }
-    if (count > 0) handle.Rollback(count);
-    this.accepted -= count;
+    if (count === 0) return;
+    handle.Rollback(count);
+    this.tail = this.tails[this.tails.length - count];
+    this.tails.length -= count;
   }
 
   /** True when the output so far is a complete value, so an EOS token is allowed now (or was taken). */
@@ -270,6 +287,19 @@ export class GrammarMatcher {
 
 const DEFAULT_PATH = "response_format.json_schema.schema";
 
+/** EBNF → xgrammar's compiled grammar for this vocabulary (the parsed grammar is freed after). */
+async function compileEbnf(vocab: GrammarVocab, ebnf: string, what: string): Promise<XgCompiledGrammar> {
+  let grammar: XgGrammar | undefined;
+  try {
+    grammar = await vocab.xg.Grammar.fromEBNF(ebnf);
+    return await vocab.compiler.compileGrammar(grammar);
+  } catch (err) {
+    throw new Error(`xgrammar refused the grammar built for ${what.slice(0, 200)}: ${String((err as Error).message ?? err)} (a bug in schema-to-ebnf)`);
+  } finally {
+    grammar?.dispose();
+  }
+}
+
 /**
  * The grammar for a response format, compiled once per distinct format and vocabulary (LRU cache).
  * Rejects with ValidationError naming any schema keyword the grammar cannot enforce.
@@ -292,13 +322,7 @@ export async function compileResponseFormat(vocab: GrammarVocab, format: Respons
   }
   return vocab.cached(key, async () => {
     const ebnf = makeEbnf();
-    let compiled: XgCompiledGrammar;
-    try {
-      compiled = await vocab.compiler.compileGrammar(ebnf);
-    } catch (err) {
-      throw new Error(`xgrammar refused the grammar built for ${key.slice(0, 200)}: ${String((err as Error).message ?? err)} (a bug in schema-to-ebnf)`);
-    }
-    return new CompiledGrammar(vocab, ebnf, compiled);
+    return new CompiledGrammar(vocab, ebnf, await compileEbnf(vocab, ebnf, key));
   });
 }
 

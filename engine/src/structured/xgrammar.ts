@@ -2,8 +2,10 @@
 // It knows nothing of schemas or vocabularies; grammar.ts decides what to compile and when.
 //
 // The package declares "type": "module" but ships a UMD bundle that calls require() and reads
-// __filename, so a plain import throws in Node. We evaluate the bundle as CommonJS ourselves and
-// add one export that hands out its embind module, so masks can be copied synchronously.
+// __filename, so a plain import throws in Node. We evaluate the bundle as CommonJS ourselves, swap
+// its one dynamic import('module') for require (evaluated code has no import() under vm-based
+// runners such as vitest), and add one export that hands out its embind module, so masks can be
+// copied synchronously.
 import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname } from "node:path";
@@ -44,13 +46,21 @@ export interface XgCompiledGrammar {
   dispose(): void;
 }
 
+export interface XgGrammar {
+  handle: unknown;
+  dispose(): void;
+}
+
 export interface XgGrammarCompiler {
-  compileGrammar(ebnf: string, rootRule?: string): Promise<XgCompiledGrammar>;
+  compileGrammar(grammar: XgGrammar): Promise<XgCompiledGrammar>;
   dispose(): void;
 }
 
 export interface Xgrammar {
   binding: WasmBinding;
+  Grammar: {
+    fromEBNF(ebnf: string, rootRule?: string): Promise<XgGrammar>;
+  };
   TokenizerInfo: {
     createTokenizerInfo(
       encodedVocab: string[],
@@ -66,6 +76,7 @@ export interface Xgrammar {
 }
 
 const EXPORT_ANCHOR = "exports.default = index;";
+const DYNAMIC_IMPORT = "await import('module')";
 const EXPORT_BINDING =
   "exports.loadBinding = async () => { await asyncInitBinding(); return binding; };";
 
@@ -81,16 +92,16 @@ async function load(): Promise<Xgrammar> {
   const require = createRequire(import.meta.url);
   const file = require.resolve("@mlc-ai/web-xgrammar");
   const source = readFileSync(file, "utf8");
-  if (!source.includes(EXPORT_ANCHOR) || !source.includes("asyncInitBinding")) {
+  if (!source.includes(EXPORT_ANCHOR) || !source.includes(DYNAMIC_IMPORT) || !source.includes("asyncInitBinding")) {
     throw new Error(
-      `@mlc-ai/web-xgrammar at ${file} has an unexpected layout (no "${EXPORT_ANCHOR}"); ` +
+      `@mlc-ai/web-xgrammar at ${file} has an unexpected layout (no "${EXPORT_ANCHOR}" or "${DYNAMIC_IMPORT}"); ` +
         "engine/src/structured/xgrammar.ts was written against 0.1.27 — check the installed version",
     );
   }
   const module = { exports: {} as Record<string, unknown> };
-  const run = new Function("exports", "module", "require", "__filename", "__dirname", source.replace(EXPORT_ANCHOR, `${EXPORT_ANCHOR} ${EXPORT_BINDING}`));
+  const run = new Function("exports", "module", "require", "__filename", "__dirname", source.replace(DYNAMIC_IMPORT, 'require("module")').replace(EXPORT_ANCHOR, `${EXPORT_ANCHOR} ${EXPORT_BINDING}`));
   run(module.exports, module, createRequire(file), file, dirname(file));
   const exported = module.exports as unknown as Omit<Xgrammar, "binding"> & { loadBinding(): Promise<WasmBinding> };
   const binding = await exported.loadBinding();
-  return { binding, TokenizerInfo: exported.TokenizerInfo, GrammarCompiler: exported.GrammarCompiler };
+  return { binding, Grammar: exported.Grammar, TokenizerInfo: exported.TokenizerInfo, GrammarCompiler: exported.GrammarCompiler };
 }

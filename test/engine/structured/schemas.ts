@@ -9,8 +9,8 @@ export interface NamedSchema {
 const address = {
   type: "object",
   properties: {
-    street: { type: "string", maxLength: 24 },
-    city: { type: "string", minLength: 1, maxLength: 16 },
+    street: { type: "string", maxLength: 12 },
+    city: { type: "string", minLength: 1, maxLength: 10 },
     zip: { type: "string", pattern: "^\\d{5}(-\\d{4})?$" },
     country: { enum: ["US", "CA", "MX"] },
   },
@@ -62,7 +62,7 @@ export const SCHEMAS: NamedSchema[] = [
     schema: {
       $schema: "https://json-schema.org/draft/2020-12/schema",
       type: "object",
-      properties: { name: { type: "string", maxLength: 20 }, billing: { $ref: "#/$defs/address" }, shipping: { $ref: "#/$defs/address", description: "where to ship" } },
+      properties: { name: { type: "string", maxLength: 12 }, billing: { $ref: "#/$defs/address" }, shipping: { $ref: "#/$defs/address", description: "where to ship" } },
       required: ["name", "billing"],
       additionalProperties: false,
       $defs: { address },
@@ -184,7 +184,7 @@ export const SCHEMAS: NamedSchema[] = [
     schema: {
       type: "object",
       properties: {
-        title: { type: "string", maxLength: 30 },
+        title: { type: "string", maxLength: 12 },
         tags: { type: "array", items: { type: "string", maxLength: 8 }, maxItems: 3 },
         price: { type: "number", minimum: 0 },
         currency: { type: "string", pattern: "^[A-Z]{3}$" },
@@ -199,7 +199,7 @@ export const SCHEMAS: NamedSchema[] = [
     schema: {
       type: "object",
       properties: {
-        title: { type: "string", maxLength: 20 },
+        title: { type: "string", maxLength: 12 },
         start: { type: "string", format: "date-time" },
         end: { type: "string", format: "date-time" },
         attendees: { type: "array", items: { type: "string", format: "email" }, minItems: 1, maxItems: 2 },
@@ -247,7 +247,7 @@ export const SCHEMAS: NamedSchema[] = [
       type: "object",
       properties: {
         name: { const: "get_weather" },
-        arguments: { type: "object", properties: { location: { type: "string", maxLength: 20 }, unit: { enum: ["celsius", "fahrenheit"] }, days: { type: "integer", minimum: 1, maximum: 7 } }, required: ["location", "unit"], additionalProperties: false },
+        arguments: { type: "object", properties: { location: { type: "string", maxLength: 12 }, unit: { enum: ["celsius", "fahrenheit"] }, days: { type: "integer", minimum: 1, maximum: 7 } }, required: ["location", "unit"], additionalProperties: false },
       },
       required: ["name", "arguments"],
       additionalProperties: false,
@@ -304,8 +304,8 @@ export const SCHEMAS: NamedSchema[] = [
       required: ["invoice_number", "date", "vendor", "lines", "total", "paid"],
       additionalProperties: false,
       $defs: {
-        party: { type: "object", properties: { name: { type: "string", maxLength: 16 }, vat: { anyOf: [{ type: "string", pattern: "^[A-Z]{2}[0-9]{8}$" }, { type: "null" }] } }, required: ["name", "vat"], additionalProperties: false },
-        line: { type: "object", properties: { description: { type: "string", maxLength: 16 }, quantity: { type: "integer", minimum: 1, maximum: 1000 }, unit_price: { type: "number", minimum: 0 } }, required: ["description", "quantity", "unit_price"], additionalProperties: false },
+        party: { type: "object", properties: { name: { type: "string", maxLength: 12 }, vat: { anyOf: [{ type: "string", pattern: "^[A-Z]{2}[0-9]{8}$" }, { type: "null" }] } }, required: ["name", "vat"], additionalProperties: false },
+        line: { type: "object", properties: { description: { type: "string", maxLength: 12 }, quantity: { type: "integer", minimum: 1, maximum: 1000 }, unit_price: { type: "number", minimum: 0 } }, required: ["description", "quantity", "unit_price"], additionalProperties: false },
       },
     },
   },
