@@ -82,6 +82,8 @@ export class GrammarVocab {
   readonly bytes: TokenBytes;
   /** Per UTF-8 lead byte with a narrow next-byte range: the tokens it forbids next. */
   readonly forbiddenAfter: ReadonlyMap<number, Uint32Array>;
+  /** Tokens no grammar ever allows (special, padding, invalid UTF-8); EOS is not among them. */
+  readonly never: Uint32Array;
   private readonly cache = new Map<string, Promise<CompiledGrammar>>();
   private readonly cacheSize: number;
 
@@ -92,11 +94,17 @@ export class GrammarVocab {
     input: GrammarVocabInput,
     options: GrammarVocabOptions,
     bytes: TokenBytes,
+    encoded: readonly string[],
   ) {
     this.vocabSize = info.getVocabSize();
     this.maskWords = Math.ceil(this.vocabSize / 32);
     this.bytes = bytes;
     this.forbiddenAfter = forbiddenAfterLead(bytes, this.maskWords);
+    this.never = new Uint32Array(this.maskWords);
+    const eos = new Set(input.eosIds);
+    encoded.forEach((token, id) => {
+      if (token === "" && !eos.has(id)) this.never[id >>> 5] |= 1 << (id & 31);
+    });
     this.eosIds = [...input.eosIds];
     this.cacheSize = options.cacheSize ?? 64;
     this.maxWhitespace = options.maxWhitespace ?? 0;
@@ -112,9 +120,10 @@ export class GrammarVocab {
     if (badEos !== undefined) throw new Error(`GrammarVocab: eos id ${badEos} is outside the vocabulary 0..${vocabSize - 1}`);
     const xg = await loadXgrammar();
     const bytes = tokenBytes(input.tokens, input.vocabType, new Set(input.addedIds ?? []));
-    const info = await xg.TokenizerInfo.createTokenizerInfo(encodeVocab(input, bytes, vocabSize), VOCAB_TYPES[input.vocabType], false, vocabSize, [...input.eosIds]);
+    const encoded = encodeVocab(input, bytes, vocabSize);
+    const info = await xg.TokenizerInfo.createTokenizerInfo(encoded, VOCAB_TYPES[input.vocabType], false, vocabSize, [...input.eosIds]);
     const compiler = await xg.GrammarCompiler.createGrammarCompiler(info, false);
-    return new GrammarVocab(xg, info, compiler, input, options, bytes);
+    return new GrammarVocab(xg, info, compiler, input, options, bytes, encoded);
   }
 
   /** A zeroed mask buffer of `rows` rows. */
@@ -170,7 +179,10 @@ export class CompiledGrammar {
 
 /**
  * The grammar state of one sequence. Per step: fillMask → sample under the mask → accept. Masks are
- * Uint32 words with bit (id % 32) of word (id >> 5) set when token id may come next.
+ * Uint32 words with bit (id % 32) of word (id >> 5) set when token id may come next. EOS is allowed
+ * only where the output is a complete value; a sequence cut by max_tokens before isComplete() ends
+ * mid-value and reports finish_reason "length" (its text need not parse). Speculative drafts:
+ * fillMasks() gives the mask at every draft position; accept() refuses a token outside the mask.
  */
 export class GrammarMatcher {
   private disposed = false;
@@ -221,6 +233,7 @@ export class GrammarMatcher {
   accept(tokenId: number): boolean {
     const handle = this.live();
     if (!Number.isInteger(tokenId) || tokenId < 0 || tokenId >= this.vocab.vocabSize) return false;
+    if (((this.vocab.never[tokenId >>> 5] >>> (tokenId & 31)) & 1) === 1) return false;
     const forbidden = this.forbiddenNow();
     if (forbidden !== undefined && ((forbidden[tokenId >>> 5] >>> (tokenId & 31)) & 1) === 1) return false;
     if (!handle.AcceptToken(tokenId, false)) return false;

@@ -160,13 +160,29 @@ export interface SampleOptions {
 }
 
 /**
- * Samples like a model at temperature 1 whose logits favour nothing in particular: uniform over
- * allowed tokens (or allowed short tokens, half the time), EOS as soon as it is drawn. After softCap
- * steps it takes EOS when allowed, else half the time a token that closes a string (or an array or
- * object), else a single character, so runs end.
+ * Picks the next token like a model at temperature 1 whose logits favour nothing in particular:
+ * uniform over allowed tokens (or allowed short tokens, half the time). After softCap steps it takes
+ * EOS when allowed, else half the time a token that closes a string (or an array or object), else a
+ * single character, so runs end.
  */
+export function chooseToken(mask: Uint32Array, t: LoadedTokenizer, sets: SamplerSets, random: () => number, step: number, softCap = 48): number {
+  const pick = (filter?: Uint32Array): number | undefined => {
+    const n = count(mask, filter);
+    return n === 0 ? undefined : nth(mask, Math.floor(random() * n), filter);
+  };
+  let choice: number | undefined;
+  if (step >= softCap) {
+    const closing = random() < 0.5 ? (pick(sets.quoteClosers) ?? pick(sets.closers)) : undefined;
+    choice = isAllowed(mask, t.eosId) ? t.eosId : (closing ?? pick(sets.single) ?? pick(sets.short) ?? pick());
+  } else {
+    choice = (random() < 0.5 ? pick(sets.short) : undefined) ?? pick();
+  }
+  if (choice === undefined) throw new Error(`sampler: empty mask at step ${step}`);
+  return choice;
+}
+
+/** Runs one matcher to EOS (or maxSteps) with chooseToken, timing every mask. */
 export function sample(matcher: GrammarMatcher, t: LoadedTokenizer, sets: SamplerSets, random: () => number, options: SampleOptions = {}): SampleResult {
-  const softCap = options.softCap ?? 48;
   const maxSteps = options.maxSteps ?? 2000;
   const mask = t.vocab.allocateMask();
   const ids: number[] = [];
@@ -175,23 +191,12 @@ export function sample(matcher: GrammarMatcher, t: LoadedTokenizer, sets: Sample
     const start = performance.now();
     matcher.fillMask(mask);
     maskMs.push(performance.now() - start);
-    let choice: number;
-    const pick = (filter?: Uint32Array): number | undefined => {
-      const n = count(mask, filter);
-      return n === 0 ? undefined : nth(mask, Math.floor(random() * n), filter);
-    };
-    if (step >= softCap) {
-      const closing = random() < 0.5 ? (pick(sets.quoteClosers) ?? pick(sets.closers)) : undefined;
-      choice = isAllowed(mask, t.eosId) ? t.eosId : (closing ?? pick(sets.single) ?? pick(sets.short) ?? (pick() as number));
-    } else {
-      choice = (random() < 0.5 ? pick(sets.short) : undefined) ?? (pick() as number);
-    }
-    if (choice === undefined) throw new Error(`sampler: empty mask at step ${step} after ${JSON.stringify(t.tokenizer.decode(ids))}`);
+    const choice = chooseToken(mask, t, sets, random, step, options.softCap);
     if (options.probeDisallowed === true) {
       for (let probe = 0; probe < 4; probe++) {
         const id = Math.floor(random() * t.vocab.vocabSize);
         if (t.text[id] !== "" && !isAllowed(mask, id) && matcher.accept(id)) {
-          throw new Error(`token ${id} (${JSON.stringify(t.text[id])}) is outside the mask but accept() took it after ${JSON.stringify(t.tokenizer.decode(ids))}`);
+          throw new Error(`token ${id} (${JSON.stringify(t.text[id])}) is outside the mask but accept() took it after ${JSON.stringify(decode(t, ids))}`);
         }
       }
     }
