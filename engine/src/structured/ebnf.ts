@@ -211,7 +211,8 @@ export class RuleSet {
 
   /** A fresh rule name for a rule defined later (recursion through $ref). */
   reserve(hint: string): string {
-    const base = hint.replace(/[^A-Za-z0-9_]/g, "_").replace(/^[^A-Za-z]/, "r$&").slice(0, 40) || "r";
+    const cleaned = hint.replace(/[^A-Za-z0-9_]/g, "_").replace(/^[^A-Za-z]/, "r$&").slice(0, 40);
+    const base = cleaned === "" ? "r" : cleaned;
     let name = base;
     for (let i = 1; this.taken.has(name); i++) name = `${base}_${i}`;
     this.taken.add(name);

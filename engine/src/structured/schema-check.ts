@@ -41,6 +41,15 @@ export function childPath(base: string, key: string | number): string {
 
 type SchemaObject = Record<string, unknown>;
 
+function decodable(ref: string): boolean {
+  try {
+    decodeURIComponent(ref);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 export function isSchemaObject(value: unknown): value is SchemaObject {
   return typeof value === "object" && value !== null && !Array.isArray(value);
 }
@@ -152,8 +161,8 @@ class Checker {
     if (Array.isArray(node.allOf) && node.allOf.length > 1) {
       this.fail(childPath(path, "allOf"), `allOf with ${node.allOf.length} schemas is not supported; merge them into one schema (allOf with one schema is fine)`);
     }
-    if (node.$ref !== undefined && (typeof node.$ref !== "string" || !node.$ref.startsWith("#"))) {
-      this.fail(childPath(path, "$ref"), `only local references ("#", "#/$defs/Name") are supported, got ${JSON.stringify(node.$ref)}`);
+    if (node.$ref !== undefined && (typeof node.$ref !== "string" || !/^#(\/.*)?$/.test(node.$ref) || !decodable(node.$ref))) {
+      this.fail(childPath(path, "$ref"), `only local JSON-pointer references ("#", "#/$defs/Name") are supported, got ${JSON.stringify(node.$ref)}`);
     }
     this.subschemas(node, "$defs", path, depth, false);
     this.subschemas(node, "definitions", path, depth, false);

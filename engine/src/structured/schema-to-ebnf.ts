@@ -53,17 +53,18 @@ export function canonical(value: unknown): unknown {
   return value;
 }
 
+/** "#/a/b~1c" → ["a", "b/c"]; schema-check.ts has already refused anything but "#" and "#/...". */
 function decodePointer(ref: string): string[] {
   const fragment = decodeURIComponent(ref.slice(1));
   if (fragment === "") return [];
-  if (!fragment.startsWith("/")) return [fragment];
   return fragment.slice(1).split("/").map((s) => s.replace(/~1/g, "/").replace(/~0/g, "~"));
 }
 
 class Converter {
   readonly rules = new RuleSet();
   private readonly refRules = new Map<string, string>();
-  private emptyReason = "";
+  /** Why the last schema found empty admits nothing, for the error that reports it. */
+  emptyReason = "its schema admits no value";
   private anyObjectRule = "";
 
   constructor(
@@ -82,7 +83,7 @@ class Converter {
   }
 
   private failEmpty(path: string, what: string): never {
-    this.fail(path, `${what} can never be generated (${this.emptyReason || "its schema admits no value"})`);
+    this.fail(path, `${what} can never be generated (${this.emptyReason})`);
   }
 
   /** Whitespace between JSON tokens: nothing by default (compact JSON), else up to maxWhitespace. */
@@ -237,7 +238,7 @@ class Converter {
       const propPath = declared ? childPath(childPath(path, "properties"), name) : childPath(path, "additionalProperties");
       const value = this.value(declared ? properties[name] : additional, propPath, `${hint}_${name}`);
       if (value === undefined) {
-        if (required.has(name)) return this.empty(propPath, `required property ${JSON.stringify(name)} can never be generated (${this.emptyReason || "its schema admits no value"})`);
+        if (required.has(name)) return this.empty(propPath, `required property ${JSON.stringify(name)} can never be generated (${this.emptyReason})`);
         continue;
       }
       members.push({ expr: `${lit(JSON.stringify(name))} ${ws} ":" ${ws} ${value}`, required: required.has(name) });
@@ -332,7 +333,7 @@ class Converter {
       const next: unknown = Array.isArray(node) ? node[Number(segment)] : isSchemaObject(node) ? node[segment] : undefined;
       if (next === undefined) {
         const defs = isSchemaObject(this.root) ? Object.keys({ ...(this.root.$defs as object), ...(this.root.definitions as object) }) : [];
-        this.fail(childPath(path, "$ref"), `${JSON.stringify(ref)} does not resolve (no ${JSON.stringify(segment)}; defined: ${defs.join(", ") || "none"})`);
+        this.fail(childPath(path, "$ref"), `${JSON.stringify(ref)} does not resolve (no ${JSON.stringify(segment)}; defined: ${defs.length === 0 ? "none" : defs.join(", ")})`);
       }
       node = next;
       at = childPath(at, Array.isArray(node) ? Number(segment) : segment);
@@ -446,7 +447,7 @@ export function schemaToEbnf(schema: unknown, opts: ConvertOptions): string {
   const converter = new Converter(schema as Schema, opts);
   const value = converter.value(schema as Schema, opts.path, "root_value");
   if (value === undefined) {
-    throw new ValidationError(`${opts.path}: no JSON value satisfies this schema as constrained decoding generates it`, opts.param);
+    throw new ValidationError(`${opts.path}: no JSON value satisfies this schema as constrained decoding generates it (${converter.emptyReason})`, opts.param);
   }
   return grammarText(converter, value, opts.maxWhitespace);
 }
