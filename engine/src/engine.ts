@@ -13,6 +13,9 @@ import { Scheduler, Sequence, type AdapterGate, type BatchEntry, type StepStats 
 import { StopMatcher } from "./stop.js";
 import { IncrementalDecoder, Tokenizer, type ChatMessage } from "./tokenizer.js";
 
+/** No tokenizer we serve packs more characters than this into one token (a run of spaces or a long word). */
+const MAX_CHARS_PER_TOKEN = 64;
+
 export interface EngineOptions extends Omit<BackendOptions, "loraSlots" | "loraMaxRank"> {
   maxBatchPrefillTokens: number;
   maxBatchTotalTokens?: number; // default: the KV pool's capacity
@@ -236,6 +239,10 @@ export class Engine extends EventEmitter {
         ({ ids, text } = this.tokenizer.applyChatTemplate(req.input.messages, { template: lease?.chatTemplate }));
       } else if ("text" in req.input) {
         text = req.input.text;
+        // Tokenizing runs on the event loop: refuse text that cannot fit before spending time on it.
+        const maxChars = (req.truncate ? Infinity : this.maxInputLength) * MAX_CHARS_PER_TOKEN;
+        if (text.length > maxChars)
+          throw new ValidationError(`the prompt has ${text.length} characters, more than ${this.maxInputLength} tokens can hold: shorten it or set truncate`, "inputs");
         ids = this.tokenizer.encode(text, req.input.addSpecialTokens ?? true);
         lease = await leaseP;
       } else {
@@ -397,8 +404,8 @@ export class Engine extends EventEmitter {
     try {
       result = await this.backend.step(batch);
     } catch (e) {
-      // A failed step fails the requests in it, not the server.
-      const err = e instanceof LoraserveError ? e : new LoraserveError("internal", `step failed: ${(e as Error).message}`);
+      // A failed step fails the requests in it (a server-side fault: the engine built the step), not the server.
+      const err = new LoraserveError("internal", `step failed: ${(e as Error).message}`);
       for (const en of entries) {
         const out = this.outs.get(en.seq);
         this.scheduler.finish(en.seq);

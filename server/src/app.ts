@@ -14,7 +14,7 @@ import { miscRoutes } from "./routes/misc.js";
 import { openaiRoutes } from "./routes/openai.js";
 import { checkRawBody } from "./validate.js";
 
-const styleOf = (req: Request) => (req.path.startsWith("/v1/") ? "openai" : "native");
+const styleOf = (req: Request) => (req.originalUrl.startsWith("/v1/") ? "openai" : "native");
 
 export function createApp(ctx: ServerContext): express.Express {
   const app = express();

@@ -10,7 +10,7 @@ import { Strategy as BearerStrategy } from "passport-http-bearer";
 import { OverloadedError } from "../../engine/src/errors.js";
 import { HttpError, toHttpError } from "./errors.js";
 
-const styleOf = (req: Request) => (req.path.startsWith("/v1/") ? "openai" : "native");
+const styleOf = (req: Request) => (req.originalUrl.startsWith("/v1/") ? "openai" : "native");
 
 function sendError(req: Request, res: Response, err: unknown): void {
   const { status, body, headers } = toHttpError(err, styleOf(req));

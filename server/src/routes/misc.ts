@@ -1,6 +1,7 @@
 // The small routes: /health (200 only when ready), /info, /tokenize, /v1/models, /metrics, /openapi.json.
 import { Router } from "express";
 
+import { IncrementalDecoder } from "../../../engine/src/tokenizer.js";
 import type { ServerContext } from "../context.js";
 import { VERSION } from "../config.js";
 import { openapiDoc, validateBody } from "../validate.js";
@@ -50,12 +51,13 @@ export function miscRoutes(ctx: ServerContext): Router {
     const body = validateBody<S["TokenizeRequest"]>("TokenizeRequest", c.req.body);
     const tok = ctx.engine.tokenizer;
     const ids = tok.encode(body.inputs, body.add_special_tokens ?? true);
-    // Character offsets from decoding growing prefixes (special tokens included).
+    // Character offsets into the decoded text, from the streaming decoder (special tokens take no characters).
+    const dec = new IncrementalDecoder(tok);
     const out: S["TokenizeResponse"] = [];
     let prev = 0;
-    for (let i = 0; i < ids.length; i++) {
-      const len = tok.decode(ids.slice(0, i + 1), false).length;
-      out.push({ id: ids[i], text: tok.decode([ids[i]], false), start: prev, stop: len });
+    for (const id of ids) {
+      const len = prev + dec.push(id).length;
+      out.push({ id, text: tok.decode([id], false), start: prev, stop: len });
       prev = len;
     }
     c.res.json(out);
