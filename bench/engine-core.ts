@@ -1,6 +1,7 @@
 // Engine-core benchmark (issue: engine core): prefill tokens/s for a 512-token prompt and aggregate decode
 // tokens/s at 1, 8 and 32 concurrent sequences on the bench model in F32 and BF16, beside the memory bandwidth
-// and FMA throughput measured in the same run (the decode roofline). Run: `tsx bench/engine-core.ts [--quick]`.
+// and FMA throughput measured in the same run (the decode roofline). Run: `tsx bench/engine-core.ts [--quick]`;
+// `npm run bench` calls benchCore with llama.cpp as the companion measured after each of our figures.
 import { Engine, type StepEvent } from "../engine/src/engine.js";
 import { native } from "../engine/src/native.js";
 import { DEFAULT_SAMPLING } from "../engine/src/sampling.js";
@@ -12,34 +13,62 @@ export interface CoreResult {
   weightBytes: number;
   rssAfterLoad: number;
   kvBytes: number;
-  prefillTokS: number;
-  decode: { concurrency: number; tokS: number }[];
+  threads: number;
+  prefillTokS: number; // over native step time
+  prefillWallTokS: number; // over wall-clock time of the request
+  /** tokS: tokens over native step time; wallTokS: over wall-clock time between steps (engine overhead included). */
+  decode: { concurrency: number; tokS: number; wallTokS: number }[];
   rooflineTokS: number;
+  /** The companion's figures for the same workloads, measured right after ours (see CoreOptions.companion). */
+  companion?: { prefillTokS: number; decode: { concurrency: number; tokS: number }[] };
 }
+
+/** Another engine run on the same workloads, each right after ours, so both see the same machine load. */
+export interface CoreCompanion {
+  /** Tokens/s for one prompt's prefill (wall-clock). */
+  prefill(prompt: number[]): Promise<number>;
+  /** Aggregate decode tokens/s (wall-clock) with one sequence per prompt, newTokens each, prefill excluded. */
+  decode(prompts: number[][], newTokens: number): Promise<number>;
+}
+
+export interface CoreOptions {
+  concurrency?: number[]; // default [1, 8, 32]
+  prefillReps?: number; // default 2 quick, 3 full
+  newTokens?: number; // decode tokens per sequence; default 16 quick, 48 full
+  companion?: CoreCompanion;
+}
+
+/** The prefill prompt (512 tokens) and the decode prompts (16 tokens each) every engine is given. */
+export const prefillPrompt = (): number[] => Array.from({ length: 512 }, (_, i) => 300 + ((i * 7919) % 30000));
+export const decodePrompts = (concurrency: number): number[][] =>
+  Array.from({ length: concurrency }, (_, i) => Array.from({ length: 16 }, (_, j) => 100 + 37 * i + j));
 
 const median = (xs: number[]) => xs.slice().sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
-async function decodeRate(engine: Engine, concurrency: number, newTokens: number): Promise<number> {
+async function decodeRate(engine: Engine, concurrency: number, newTokens: number): Promise<{ tokS: number; wallTokS: number }> {
   // Measure only steps where every running sequence decodes (no prefill in the step).
-  let tokens = 0, micros = 0;
+  let tokens = 0, micros = 0, pure = 0, first = 0, last = 0;
   const onStep = (e: StepEvent) => {
     if (e.stats.prefillTokens === 0 && e.stats.decodeTokens === concurrency) {
       tokens += e.tokens;
       micros += e.micros;
+      last = performance.now();
+      if (pure++ === 0) first = last;
     }
   };
   engine.on("step", onStep);
   const params = { ...DEFAULT_SAMPLING, maxNewTokens: newTokens, ignoreEos: true };
   await Promise.all(
-    Array.from({ length: concurrency }, async (_, i) => {
-      for await (const _e of engine.generate({ prompt: Array.from({ length: 16 }, (_, j) => 100 + 37 * i + j), params }));
+    decodePrompts(concurrency).map(async (prompt) => {
+      for await (const _e of engine.generate({ prompt, params }));
     }),
   );
   engine.off("step", onStep);
-  return tokens / (micros / 1e6);
+  // Wall-clock: from the end of the first pure decode step to the end of the last, i.e. pure - 1 whole steps.
+  return { tokS: tokens / (micros / 1e6), wallTokS: pure > 1 ? (concurrency * (pure - 1)) / ((last - first) / 1e3) : NaN };
 }
 
-export async function benchCore(dtype: DType, quick: boolean, bandwidth: number): Promise<CoreResult> {
+export async function benchCore(dtype: DType, quick: boolean, bandwidth: number, opts: CoreOptions = {}): Promise<CoreResult> {
   const dir = writeBenchModel(dtype);
   const rss0 = process.memoryUsage().rss;
   const engine = await Engine.create(dir, {
@@ -48,22 +77,34 @@ export async function benchCore(dtype: DType, quick: boolean, bandwidth: number)
   });
   const info = engine.backend.info();
   const rssAfterLoad = process.memoryUsage().rss - rss0;
-  const prompt = Array.from({ length: 512 }, (_, i) => 300 + ((i * 7919) % 30000));
-  const prefills: number[] = [];
-  for (let r = 0; r < (quick ? 2 : 3); r++) {
+  const prompt = prefillPrompt();
+  const prefills: number[] = [], prefillWalls: number[] = [], peerPrefills: number[] = [];
+  for (let r = 0; r < (opts.prefillReps ?? (quick ? 2 : 3)); r++) {
     let micros = 0;
     const on = (e: StepEvent) => (micros += e.micros);
     engine.on("step", on);
+    const t0 = performance.now();
     for await (const _e of engine.generate({ prompt, params: { ...DEFAULT_SAMPLING, maxNewTokens: 1 } }));
+    prefillWalls.push(512 / ((performance.now() - t0) / 1e3));
     engine.off("step", on);
     prefills.push(512 / (micros / 1e6));
+    if (opts.companion) peerPrefills.push(await opts.companion.prefill(prompt));
   }
-  const decode = [];
-  for (const c of [1, 8, 32]) decode.push({ concurrency: c, tokS: await decodeRate(engine, c, quick ? 16 : 48) });
+  const decode = [], peerDecode = [];
+  const newTokens = opts.newTokens ?? (quick ? 16 : 48);
+  for (const c of opts.concurrency ?? [1, 8, 32]) {
+    decode.push({ concurrency: c, ...(await decodeRate(engine, c, newTokens)) });
+    if (opts.companion) peerDecode.push({ concurrency: c, tokS: await opts.companion.decode(decodePrompts(c), newTokens) });
+  }
   engine.backend.close();
   // Bytes of weights read per decoded token: every matrix once (the embedding row is negligible).
   const perToken = info.weightBytes - engine.spec.vocabSize * engine.spec.hiddenSize * (dtype === "F32" ? 4 : 2);
-  return { dtype, weightBytes: info.weightBytes, rssAfterLoad, kvBytes: info.kvBytes, prefillTokS: median(prefills), decode, rooflineTokS: bandwidth / perToken };
+  return {
+    dtype, weightBytes: info.weightBytes, rssAfterLoad, kvBytes: info.kvBytes, threads: info.threads, prefillTokS: median(prefills),
+    prefillWallTokS: median(prefillWalls), decode,
+    rooflineTokS: bandwidth / perToken,
+    companion: opts.companion ? { prefillTokS: median(peerPrefills), decode: peerDecode } : undefined,
+  };
 }
 
 if (process.argv[1]?.endsWith("engine-core.ts")) {
