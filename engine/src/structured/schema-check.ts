@@ -26,8 +26,8 @@ export type JsonType = (typeof JSON_TYPES)[number];
 
 /** Longest minLength/maxLength we constrain: every counted character is one grammar state per vocabulary. */
 export const MAX_COUNTED_LENGTH = 64;
-/** Largest minItems/maxItems we constrain: every counted item is one grammar rule. */
-export const MAX_COUNTED_ITEMS = 256;
+/** Largest minItems/maxItems we constrain: every counted item is one (cheap) grammar rule. */
+export const MAX_COUNTED_ITEMS = 1000;
 const MAX_SCHEMA_NODES = 5000;
 const MAX_SCHEMA_DEPTH = 64;
 
