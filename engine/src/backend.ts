@@ -177,10 +177,10 @@ export class Backend {
     }
   }
 
-  /** Copies an adapter's A/B matrices into a LoRA slot; returns the bytes it occupies. */
-  loraLoad(slot: number, w: LoraWeights): number {
+  /** Copies an adapter's A/B matrices into a LoRA slot (off the event loop); resolves to the bytes it occupies. */
+  async loraLoad(slot: number, w: LoraWeights): Promise<number> {
     try {
-      return this.model.loraLoad(
+      return await this.model.loraLoad(
         slot,
         w.modules.map((m) => ({ layer: m.layer, target: LORA_TARGETS.indexOf(m.target), rank: m.rank, scale: m.scale, a: m.a, b: m.b })),
       );

@@ -111,6 +111,8 @@ export interface AdapterLease {
 export interface AdapterProvider {
   acquire(req: AdapterRequest, signal?: AbortSignal): Promise<AdapterLease>;
   readonly gate: AdapterGate;
+  /** Called while sequences wait with nothing runnable (adapters loading or rotating). */
+  tick?(): void;
 }
 
 export type PromptInput = { text: string; addSpecialTokens?: boolean } | { tokens: number[] } | { messages: ChatMessage[] };
@@ -341,7 +343,8 @@ export class Engine extends EventEmitter {
     state.onSettled?.();
   }
 
-  private kick(): void {
+  /** Wakes the loop (an adapter became active, a request arrived). */
+  kick(): void {
     if (this.wake) {
       const w = this.wake;
       this.wake = undefined;
@@ -365,8 +368,13 @@ export class Engine extends EventEmitter {
         const plan = this.scheduler.schedule();
         if (!plan) {
           if (!this.scheduler.hasWork()) break;
-          // Work exists but nothing fits now (adapters loading): wait for a kick.
-          await new Promise<void>((r) => (this.wake = r));
+          // Work exists but nothing fits now (adapters loading or rotating): wait for a kick or the next tick.
+          await new Promise<void>((r) => {
+            this.wake = r;
+            setTimeout(r, 20);
+          });
+          this.wake = undefined;
+          this.adapters?.tick?.();
           continue;
         }
         await this.runStep(plan.entries, plan.stats);

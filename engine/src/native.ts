@@ -99,7 +99,8 @@ export interface NativeModel {
     maxStepTokens: number;
     maxOutRows: number;
   };
-  loraLoad(slot: number, modules: NativeLoraModule[]): number;
+  /** Copies the matrices into a slot on a worker thread; resolves to the bytes the slot holds. */
+  loraLoad(slot: number, modules: NativeLoraModule[]): Promise<number>;
   loraFree(slot: number): void;
   close(): void;
 }

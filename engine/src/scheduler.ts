@@ -118,6 +118,14 @@ export class Scheduler {
     return this.waiting.length > 0 || this.running.length > 0;
   }
 
+  /** Adapter keys of running and waiting sequences (for the routing metrics). */
+  adapterKeys(): { running: Set<string>; waiting: Set<string> } {
+    const running = new Set<string>(), waiting = new Set<string>();
+    for (const s of this.running) if (s.adapterKey !== null) running.add(s.adapterKey);
+    for (const s of this.waiting) if (s.adapterKey !== null && !running.has(s.adapterKey)) waiting.add(s.adapterKey);
+    return { running, waiting };
+  }
+
   get waitingCount(): number {
     return this.waiting.length;
   }

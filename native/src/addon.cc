@@ -226,7 +226,7 @@ class StepWorker : public Napi::AsyncWorker {
 
 std::shared_ptr<Handle> handle_of(const Napi::CallbackInfo& info) {
   auto* h = static_cast<std::shared_ptr<Handle>*>(info.Data());
-  if (!(*h)->model) throw make_error(info.Env(), Status::Invalid("model is closed"));
+  if (!(*h)->model) throw make_error(info.Env(), Status{"ECLOSED", "model is closed"});
   return *h;
 }
 
@@ -286,44 +286,83 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   return o;
 }
 
-// loraLoad(slot, modules: [{layer, target, rank, scale, a: Float32Array, b: Float32Array}]) — copies on the
-// calling thread (the arrays belong to JavaScript), then returns. The engine never loads a slot a running step uses.
+// loraLoad(slot, modules: [{layer, target, rank, scale, a: Float32Array, b: Float32Array}]) → Promise<bytes>.
+// The copy into the slot runs on a worker thread (the arrays are kept alive by references meanwhile), so the
+// next adapters load while a step runs. The engine never loads a slot that a running step uses.
+class LoraLoadWorker : public Napi::AsyncWorker {
+ public:
+  LoraLoadWorker(Napi::Env env, std::shared_ptr<Handle> h, int slot)
+      : Napi::AsyncWorker(env), h_(std::move(h)), slot_(slot), deferred_(env) {}
+  Napi::Promise promise() { return deferred_.Promise(); }
+  std::vector<lx::LoraModuleIn> mods;
+  std::vector<Napi::ObjectReference> keep;
+  std::shared_ptr<lx::Model> model;
+  void Execute() override {
+    try {
+      st_ = model->lora_load(slot_, mods);
+    } catch (const std::bad_alloc&) {
+      st_ = Status::NoMem("out of memory loading a LoRA adapter");
+    }
+  }
+  void OnOK() override {
+    keep.clear();
+    if (!st_.ok()) deferred_.Reject(make_error(Env(), st_).Value());
+    else deferred_.Resolve(Napi::Number::New(Env(), double(model->lora_bytes(slot_))));
+  }
+  void OnError(const Napi::Error& e) override {
+    keep.clear();
+    deferred_.Reject(e.Value());
+  }
+
+ private:
+  std::shared_ptr<Handle> h_;
+  int slot_;
+  Napi::Promise::Deferred deferred_;
+  Status st_;
+};
+
 Napi::Value LoraLoad(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto h = handle_of(info);
+  if (!info[0].IsNumber()) throw_invalid(env, "loraLoad(slot, modules): slot must be a number");
   int slot = info[0].As<Napi::Number>().Int32Value();
   if (!info[1].IsArray()) throw_invalid(env, "loraLoad(slot, modules): modules must be an array");
   Napi::Array arr = info[1].As<Napi::Array>();
-  std::vector<lx::LoraModuleIn> mods;
-  std::vector<Napi::Float32Array> keep;
-  for (uint32_t i = 0; i < arr.Length(); i++) {
-    Napi::Object mo = arr.Get(i).As<Napi::Object>();
-    lx::LoraModuleIn mi;
-    mi.layer = get_int(mo, "layer", -2);
-    mi.target = get_int(mo, "target", -1);
-    mi.rank = get_int(mo, "rank", 0);
-    mi.scale = float(get_num(mo, "scale", 0));
-    if (!mo.Get("a").IsTypedArray() || !mo.Get("b").IsTypedArray()) throw_invalid(env, "LoRA module needs Float32Array a and b");
-    Napi::Float32Array a = mo.Get("a").As<Napi::Float32Array>(), b = mo.Get("b").As<Napi::Float32Array>();
-    mi.a = a.Data();
-    mi.b = b.Data();
+  auto* w = new LoraLoadWorker(env, h, slot);
+  try {
     const auto& c = h->model->config();
-    int di = mi.target == lx::kO ? c.n_heads * c.head_dim : mi.target == lx::kDown ? c.intermediate : c.hidden;
-    int dout = mi.target == lx::kQ ? c.n_heads * c.head_dim
-               : (mi.target == lx::kK || mi.target == lx::kV) ? c.n_kv * c.head_dim
-               : (mi.target == lx::kGate || mi.target == lx::kUp) ? c.intermediate
-               : mi.target == lx::kLmHead ? c.vocab : c.hidden;
-    if (a.ElementLength() != size_t(mi.rank) * di || b.ElementLength() != size_t(mi.rank) * dout)
-      throw_invalid(env, "LoRA module " + std::to_string(i) + ": A has " + std::to_string(a.ElementLength()) + " floats, B " +
-                             std::to_string(b.ElementLength()) + "; expected " + std::to_string(size_t(mi.rank) * di) + " and " +
-                             std::to_string(size_t(mi.rank) * dout));
-    mods.push_back(mi);
-    keep.push_back(a);
-    keep.push_back(b);
+    for (uint32_t i = 0; i < arr.Length(); i++) {
+      Napi::Object mo = arr.Get(i).As<Napi::Object>();
+      lx::LoraModuleIn mi;
+      mi.layer = get_int(mo, "layer", -2);
+      mi.target = get_int(mo, "target", -1);
+      mi.rank = get_int(mo, "rank", 0);
+      mi.scale = float(get_num(mo, "scale", 0));
+      if (!mo.Get("a").IsTypedArray() || !mo.Get("b").IsTypedArray()) throw_invalid(env, "LoRA module needs Float32Array a and b");
+      Napi::Float32Array a = mo.Get("a").As<Napi::Float32Array>(), b = mo.Get("b").As<Napi::Float32Array>();
+      int di = mi.target == lx::kO ? c.n_heads * c.head_dim : mi.target == lx::kDown ? c.intermediate : c.hidden;
+      int dout = mi.target == lx::kQ ? c.n_heads * c.head_dim
+                 : (mi.target == lx::kK || mi.target == lx::kV) ? c.n_kv * c.head_dim
+                 : (mi.target == lx::kGate || mi.target == lx::kUp) ? c.intermediate
+                 : mi.target == lx::kLmHead ? c.vocab : c.hidden;
+      if (mi.rank < 0 || a.ElementLength() != size_t(mi.rank) * di || b.ElementLength() != size_t(mi.rank) * dout)
+        throw_invalid(env, "LoRA module " + std::to_string(i) + ": A has " + std::to_string(a.ElementLength()) + " floats, B " +
+                               std::to_string(b.ElementLength()) + "; expected " + std::to_string(size_t(mi.rank) * di) + " and " +
+                               std::to_string(size_t(mi.rank) * dout));
+      mi.a = a.Data();
+      mi.b = b.Data();
+      w->mods.push_back(mi);
+      w->keep.push_back(Napi::Persistent(a.As<Napi::Object>()));
+      w->keep.push_back(Napi::Persistent(b.As<Napi::Object>()));
+    }
+  } catch (...) {
+    delete w;
+    throw;
   }
-  Status s = h->model->lora_load(slot, mods);
-  if (!s.ok()) throw make_error(env, s);
-  return Napi::Number::New(env, double(h->model->lora_bytes(slot)));
+  w->model = h->model;
+  Napi::Promise p = w->promise();
+  w->Queue();
+  return p;
 }
 
 Napi::Value LoraFree(const Napi::CallbackInfo& info) {

@@ -9,6 +9,7 @@ import { ValidationError } from "../../engine/src/errors.js";
 import { apiKeyAuth, rateLimiter } from "./auth.js";
 import type { ServerContext } from "./context.js";
 import { HttpError, toHttpError } from "./errors.js";
+import { adapterRoutes } from "./routes/adapters.js";
 import { generateRoutes } from "./routes/generate.js";
 import { miscRoutes } from "./routes/misc.js";
 import { openaiRoutes } from "./routes/openai.js";
@@ -44,6 +45,7 @@ export function createApp(ctx: ServerContext): express.Express {
   app.use(miscRoutes(ctx));
   app.use(generateRoutes(ctx));
   app.use(openaiRoutes(ctx));
+  app.use(adapterRoutes(ctx));
 
   app.use((req: Request, res: Response) => {
     const { status, body } = toHttpError(new HttpError(404, "not_found", `no route ${req.method} ${req.path}: see /openapi.json`), styleOf(req));

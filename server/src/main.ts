@@ -6,6 +6,10 @@ import type { Server } from "node:http";
 import { CommanderError } from "commander";
 import pino from "pino";
 
+import os from "node:os";
+
+import { AdapterRegistry } from "../../engine/src/adapters/registry.js";
+import { adapterSourcesConfigFromEnv, createAdapterSources, globalTokenFromEnv, resolveSource } from "../../engine/src/adapters/sources/index.js";
 import { Engine } from "../../engine/src/engine.js";
 import { DEFAULT_SAMPLING } from "../../engine/src/sampling.js";
 import { createApp } from "./app.js";
@@ -39,8 +43,27 @@ export async function startServer(config: ServerConfig, logger = makeLogger(conf
   logger.info({ model: modelDir, backend: info.backend, threads: info.threads, weightMB: Math.round(info.weightBytes / 1e6), kvBlocks: info.kvBlocks, ms: Date.now() - t0 }, "model loaded");
   const modelId = config.modelId;
   const metrics = new Metrics(modelId);
-  metrics.watch(engine);
-  const ctx: ServerContext = { engine, config, metrics, logger, modelId, ready: false, named: new Map() };
+  const sources = await createAdapterSources(adapterSourcesConfigFromEnv({ dataDir: config.dataDir, localRoots: config.adapterLocalRoots, logger: logger.child({ part: "sources" }) }));
+  const registry = new AdapterRegistry({
+    backend: engine.backend,
+    sources,
+    maxActive: config.maxActiveAdapters,
+    activeBudgetBytes: config.adapterMemoryBytes ?? Math.floor(os.freemem() * config.adapterMemoryFraction),
+    hostBudgetBytes: 4 * (config.adapterMemoryBytes ?? Math.floor(os.freemem() * config.adapterMemoryFraction)),
+    cycleTimeMs: config.adapterCycleTimeS * 1000,
+    maxMergeIds: config.maxMergeIds,
+    logger: logger.child({ part: "adapters" }),
+    wake: () => engine.kick(),
+    onTransition: (name, from, to) => metrics.adapterTransition(name, from, to),
+  });
+  engine.setAdapterProvider(registry);
+  metrics.watch(engine, registry, config.maxActiveAdapters);
+  const ctx: ServerContext = { engine, config, metrics, logger, registry, modelId, ready: false, globalToken: globalTokenFromEnv(process.env) };
+  for (const id of config.preloadedAdapterIds) {
+    const source = resolveSource(id, undefined, config.adapterSource);
+    await registry.register(id, id, source, source === "hub" ? ctx.globalToken.serverToken : undefined, true);
+    logger.info({ adapter: id }, "preloaded and pinned");
+  }
   const app = createApp(ctx);
   const server = await new Promise<Server>((resolve, reject) => {
     const s = app.listen(config.port, config.hostname, () => resolve(s));
@@ -53,7 +76,9 @@ export async function startServer(config: ServerConfig, logger = makeLogger(conf
   logger.info({ address: typeof addr === "object" && addr ? `http://${addr.address}:${addr.port}` : addr }, "ready");
   const close = async () => {
     ctx.ready = false;
+    server.closeAllConnections();
     await new Promise<void>((r) => server.close(() => r()));
+    await sources.close();
     engine.backend.close();
   };
   return { ctx, server, close };

@@ -2,6 +2,7 @@
 // per-adapter counters, and vLLM-compatible names that LoRA-aware routers read. Only server/ writes them.
 import client from "prom-client";
 
+import type { AdapterRegistry } from "../../engine/src/adapters/registry.js";
 import type { Engine, StepEvent } from "../../engine/src/engine.js";
 
 const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120];
@@ -33,13 +34,35 @@ export class Metrics {
   readonly vllmKvUsage = new client.Gauge({ name: "vllm:gpu_cache_usage_perc", help: "KV cache usage, 0..1 (name kept for router compatibility; the cache is in host memory on CPU)", labelNames: ["model_name"], registers: [this.registry] });
   readonly vllmKvUsage2 = new client.Gauge({ name: "vllm:kv_cache_usage_perc", help: "KV cache usage, 0..1", labelNames: ["model_name"], registers: [this.registry] });
 
+  readonly adapterTransitions = new client.Counter({ name: "loraserve_adapter_transitions_total", help: "Adapter state changes, by target state", labelNames: ["to"], registers: [this.registry] });
+  readonly adaptersActive = new client.Gauge({ name: "loraserve_adapters_active", help: "Adapters in the engine's LoRA pool", registers: [this.registry] });
+  readonly adapterEvictions = new client.Gauge({ name: "loraserve_adapter_evictions", help: "Adapters evicted from the LoRA pool since start", registers: [this.registry] });
+  /** vLLM's LoRA info metric: labels carry the running and waiting adapters; the value is a timestamp. */
+  readonly loraInfo = new client.Gauge({ name: "vllm:lora_requests_info", help: "Running stats on LoRA requests", labelNames: ["running_lora_adapters", "waiting_lora_adapters", "max_lora"], registers: [this.registry] });
+
+  adapterTransition(_name: string, _from: string, to: string): void {
+    this.adapterTransitions.inc({ to });
+  }
+
   constructor(readonly modelName: string) {
     client.collectDefaultMetrics({ register: this.registry });
   }
 
   /** Subscribes to an engine's steps. */
-  watch(engine: Engine): void {
+  watch(engine: Engine, registry: AdapterRegistry, maxLora: number): void {
+    let lastLora = "";
     engine.on("step", (e: StepEvent) => {
+      const keys = engine.scheduler.adapterKeys();
+      const names = (ks: Set<string>) => [...ks].map((k) => registry.nameOf(k)).sort().join(",");
+      const running = names(keys.running), waiting = names(keys.waiting);
+      const labels = `${running}|${waiting}`;
+      if (labels !== lastLora) {
+        this.loraInfo.reset();
+        lastLora = labels;
+      }
+      this.loraInfo.set({ running_lora_adapters: running, waiting_lora_adapters: waiting, max_lora: String(maxLora) }, Date.now() / 1000);
+      this.adaptersActive.set(registry.activeCount);
+      this.adapterEvictions.set(registry.evictions);
       const s = e.stats;
       this.batchSize.set(s.batchSize);
       this.batchTokens.observe(e.tokens);

@@ -5,7 +5,8 @@ import type { Request } from "express";
 import type { AdapterRequest } from "../../engine/src/engine.js";
 import { ValidationError } from "../../engine/src/errors.js";
 import { DEFAULT_SAMPLING, type SamplingParams } from "../../engine/src/sampling.js";
-import { adapterFromModel, adapterToken, checkStops, defaultAdapter, inferSource, type ServerContext } from "./context.js";
+import { adapterById, adapterFromModel, checkStops, defaultAdapter, tokenFor, type ServerContext } from "./context.js";
+import { resolveSource } from "../../engine/src/adapters/sources/index.js";
 import type { components } from "./wire-types.js";
 
 type S = components["schemas"];
@@ -15,6 +16,11 @@ const seedOf = (s: number | null | undefined) => (s === null || s === undefined 
 export function mergedOf(m: S["MergedAdapters"] | null | undefined): Extract<AdapterRequest, { merged: unknown }>["merged"] | undefined {
   if (!m) return undefined;
   return { ids: m.ids, weights: m.weights, mergeStrategy: m.merge_strategy, density: m.density, majoritySignMethod: m.majority_sign_method };
+}
+
+function mergedRequest(ctx: ServerContext, req: Request, merged: Extract<AdapterRequest, { merged: unknown }>["merged"], sourceField: string | null | undefined, bodyToken: string | null | undefined): AdapterRequest {
+  const source = resolveSource(merged.ids[0], sourceField ?? undefined, ctx.config.adapterSource);
+  return { merged, source, token: tokenFor(ctx, req, bodyToken, source) };
 }
 
 export interface NativeMeta {
@@ -39,12 +45,12 @@ export function nativeParams(ctx: ServerContext, req: Request, body: S["Generate
   if (bestOf > ctx.config.maxBestOf) throw new ValidationError(`best_of ${bestOf} is above --max-best-of ${ctx.config.maxBestOf}`, "parameters.best_of");
   if (bestOf > 1 && !sampling) throw new ValidationError("best_of > 1 needs sampling: set do_sample or a temperature/top_k/top_p", "parameters.best_of");
   if (bestOf > 1 && stream) throw new ValidationError("best_of > 1 cannot be streamed", "parameters.best_of");
-  const token = adapterToken(ctx, req, p.api_token);
-  let adapter: AdapterRequest | undefined;
   const merged = mergedOf(p.merged_adapters);
-  if (merged) adapter = { merged, source: p.adapter_source ?? ctx.config.adapterSource, token };
-  else if (p.adapter_id) adapter = { id: p.adapter_id, source: p.adapter_source ?? inferSource(p.adapter_id, ctx.config.adapterSource), token };
-  else adapter = defaultAdapter(ctx, token);
+  const adapter: AdapterRequest | undefined = merged
+    ? mergedRequest(ctx, req, merged, p.adapter_source, p.api_token)
+    : p.adapter_id
+      ? adapterById(ctx, req, p.adapter_id, p.adapter_source, p.api_token)
+      : defaultAdapter(ctx, req, p.api_token);
   const params: SamplingParams = {
     ...DEFAULT_SAMPLING,
     maxNewTokens: p.max_new_tokens ?? 20,
@@ -75,11 +81,10 @@ type OpenAIBody = S["CompletionRequest"] | S["ChatCompletionRequest"];
 export function openaiParams(ctx: ServerContext, req: Request, body: OpenAIBody, maxTokens: number | undefined, topLogprobs: number): { params: SamplingParams; adapter?: AdapterRequest } {
   if (body.logit_bias && Object.keys(body.logit_bias).length > 0) throw new ValidationError("logit_bias is not supported", "logit_bias");
   const temperature = body.temperature ?? 1;
-  const token = adapterToken(ctx, req, body.api_token);
   const merged = mergedOf(body.merged_adapters);
   const adapter: AdapterRequest | undefined = merged
-    ? { merged, source: body.adapter_source ?? ctx.config.adapterSource, token }
-    : adapterFromModel(ctx, body.model, body.adapter_source, token);
+    ? mergedRequest(ctx, req, merged, body.adapter_source, body.api_token)
+    : adapterFromModel(ctx, req, body.model, body.adapter_source, body.api_token);
   const stop = body.stop === null || body.stop === undefined ? [] : typeof body.stop === "string" ? [body.stop] : body.stop;
   return {
     adapter,

@@ -66,8 +66,8 @@ export function miscRoutes(ctx: ServerContext): Router {
   r.get("/v1/models", (_req, res) => {
     const created = Math.floor(Date.now() / 1000);
     const data: S["Model"][] = [{ id: ctx.modelId, object: "model", created, owned_by: "loraserve", root: ctx.modelId, parent: null, status: "base" }];
-    for (const a of ctx.named.values())
-      data.push({ id: a.name, object: "model", created, owned_by: "loraserve", root: a.path, parent: ctx.modelId, status: "registered", pinned: a.pinned, source: a.source });
+    for (const a of ctx.registry.list())
+      data.push({ id: a.name, object: "model", created, owned_by: "loraserve", root: a.id, parent: ctx.modelId, status: a.state, pinned: a.pinned, source: a.source });
     res.json({ object: "list", data } satisfies S["ModelList"]);
   });
 
