@@ -63,6 +63,8 @@ interface Entry {
   draining: boolean;
   /** Since when sequences wait for this adapter to become active (0 = nobody waits). */
   wantedSince: number;
+  /** A sequence was admitted since the last activation: until then the slot is not taken away (no thrash). */
+  served: boolean;
   loading?: Promise<void>;
   activating?: Promise<void>;
 }
@@ -156,7 +158,7 @@ export class AdapterRegistry implements AdapterProvider {
   private newEntry(key: string, name: string, source: Entry["source"], id: string): Entry {
     const e: Entry = {
       key, name, source, id, state: "downloading", slot: -1, inUse: 0, leases: 0, pinned: false,
-      lastUsed: Date.now(), activatedAt: 0, draining: false, wantedSince: 0,
+      lastUsed: Date.now(), activatedAt: 0, draining: false, wantedSince: 0, served: false,
     };
     this.entries.set(key, e);
     this.o.onTransition?.(name, "new", "downloading");
@@ -243,6 +245,7 @@ export class AdapterRegistry implements AdapterProvider {
       if (e.state === "active" && !e.draining) {
         seq.adapterSlot = e.slot;
         e.inUse++;
+        e.served = true;
         e.lastUsed = Date.now();
         return true;
       }
@@ -286,6 +289,7 @@ export class AdapterRegistry implements AdapterProvider {
         e.activatedAt = Date.now();
         e.draining = false;
         e.wantedSince = 0;
+        e.served = false;
         this.activations++;
         this.setState(e, "active");
         this.o.wake();
@@ -306,10 +310,13 @@ export class AdapterRegistry implements AdapterProvider {
     return b;
   }
 
+  /** The least recently used active adapter that no sequence uses and that has served since it came in. */
   private lruIdleActive(): Entry | undefined {
+    const now = Date.now();
     let best: Entry | undefined;
     for (const s of this.slots)
-      if (s && s.state === "active" && s.inUse === 0 && !s.pinned && !s.activating && (!best || s.lastUsed < best.lastUsed)) best = s;
+      if (s && s.state === "active" && s.inUse === 0 && !s.pinned && !s.activating && (s.served || now - s.activatedAt > this.o.cycleTimeMs) && (!best || s.lastUsed < best.lastUsed))
+        best = s;
     return best;
   }
 
