@@ -23,22 +23,24 @@ export class Metrics {
   readonly batchSize = new client.Gauge({ name: "lorax_batch_current_size", help: "Sequences in the last step", registers: [this.registry] });
   readonly batchTokens = new client.Histogram({ name: "lorax_batch_next_size", help: "Tokens per step", buckets: TOKEN_BUCKETS, registers: [this.registry] });
   readonly stepDuration = new client.Histogram({ name: "lorax_batch_inference_duration", help: "Seconds per engine step, by kind", labelNames: ["method"], buckets: DURATION_BUCKETS, registers: [this.registry] });
-  readonly queueSize = new client.Gauge({ name: "lorax_queue_size", help: "Sequences waiting to be scheduled", registers: [this.registry] });
-  readonly kvUsed = new client.Gauge({ name: "loraserve_kv_blocks_used", help: "KV cache blocks in use", registers: [this.registry] });
-  readonly kvTotal = new client.Gauge({ name: "loraserve_kv_blocks_total", help: "KV cache blocks in the pool", registers: [this.registry] });
+  readonly queueSize = new client.Gauge({ name: "lorax_queue_size", help: "Sequences waiting to be scheduled", registers: [this.registry], collect: () => this.live?.() });
+  readonly kvUsed = new client.Gauge({ name: "loraserve_kv_blocks_used", help: "KV cache blocks in use", registers: [this.registry], collect: () => this.live?.() });
+  readonly kvTotal = new client.Gauge({ name: "loraserve_kv_blocks_total", help: "KV cache blocks in the pool", registers: [this.registry], collect: () => this.live?.() });
   readonly preemptions = new client.Counter({ name: "loraserve_preemptions_total", help: "Sequences preempted (recomputed later) for lack of KV blocks", registers: [this.registry] });
   readonly adapterRequests = new client.Counter({ name: "lorax_adapter_requests", help: "Requests per adapter", labelNames: ["adapter"], registers: [this.registry] });
   // vLLM names read by LoRA-aware routers (Gateway API Inference Extension).
-  readonly vllmRunning = new client.Gauge({ name: "vllm:num_requests_running", help: "Requests in the running batch", labelNames: ["model_name"], registers: [this.registry] });
-  readonly vllmWaiting = new client.Gauge({ name: "vllm:num_requests_waiting", help: "Requests waiting to be scheduled", labelNames: ["model_name"], registers: [this.registry] });
-  readonly vllmKvUsage = new client.Gauge({ name: "vllm:gpu_cache_usage_perc", help: "KV cache usage, 0..1 (name kept for router compatibility; the cache is in host memory on CPU)", labelNames: ["model_name"], registers: [this.registry] });
-  readonly vllmKvUsage2 = new client.Gauge({ name: "vllm:kv_cache_usage_perc", help: "KV cache usage, 0..1", labelNames: ["model_name"], registers: [this.registry] });
+  readonly vllmRunning = new client.Gauge({ name: "vllm:num_requests_running", help: "Requests in the running batch", labelNames: ["model_name"], registers: [this.registry], collect: () => this.live?.() });
+  readonly vllmWaiting = new client.Gauge({ name: "vllm:num_requests_waiting", help: "Requests waiting to be scheduled", labelNames: ["model_name"], registers: [this.registry], collect: () => this.live?.() });
+  readonly vllmKvUsage = new client.Gauge({ name: "vllm:gpu_cache_usage_perc", help: "KV cache usage, 0..1 (name kept for router compatibility; the cache is in host memory on CPU)", labelNames: ["model_name"], registers: [this.registry], collect: () => this.live?.() });
+  readonly vllmKvUsage2 = new client.Gauge({ name: "vllm:kv_cache_usage_perc", help: "KV cache usage, 0..1", labelNames: ["model_name"], registers: [this.registry], collect: () => this.live?.() });
 
   readonly adapterTransitions = new client.Counter({ name: "loraserve_adapter_transitions_total", help: "Adapter state changes, by target state", labelNames: ["to"], registers: [this.registry] });
   readonly adaptersActive = new client.Gauge({ name: "loraserve_adapters_active", help: "Adapters in the engine's LoRA pool", registers: [this.registry] });
   readonly adapterEvictions = new client.Gauge({ name: "loraserve_adapter_evictions", help: "Adapters evicted from the LoRA pool since start", registers: [this.registry] });
   /** vLLM's LoRA info metric: labels carry the running and waiting adapters; the value is a timestamp. */
-  readonly loraInfo = new client.Gauge({ name: "vllm:lora_requests_info", help: "Running stats on LoRA requests", labelNames: ["running_lora_adapters", "waiting_lora_adapters", "max_lora"], registers: [this.registry] });
+  readonly loraInfo = new client.Gauge({ name: "vllm:lora_requests_info", help: "Running stats on LoRA requests", labelNames: ["running_lora_adapters", "waiting_lora_adapters", "max_lora"], registers: [this.registry], collect: () => this.live?.() });
+  /** vLLM's KV cache info metric (value 1): the endpoint picker's prefix-cache scorer reads block_size and num_gpu_blocks. */
+  readonly cacheInfo = new client.Gauge({ name: "vllm:cache_config_info", help: "KV cache configuration", labelNames: ["block_size", "num_gpu_blocks"], registers: [this.registry] });
 
   adapterTransition(_name: string, _from: string, to: string): void {
     this.adapterTransitions.inc({ to });
@@ -48,11 +50,19 @@ export class Metrics {
     client.collectDefaultMetrics({ register: this.registry });
   }
 
-  /** Subscribes to an engine's steps. */
+  /**
+   * Set by watch(): reads the scheduler and registry now. The queue, KV and routing gauges call it when scraped, so
+   * an idle server reads 0 running / 0 waiting instead of the last step's values (routers and autoscalers act on them).
+   */
+  private live?: () => void;
+
+  /** Subscribes to an engine's steps; the routing gauges read the engine live at scrape time. */
   watch(engine: Engine, registry: AdapterRegistry, maxLora: number): void {
     let lastLora = "";
-    engine.on("step", (e: StepEvent) => {
-      const keys = engine.scheduler.adapterKeys();
+    this.cacheInfo.set({ block_size: String(engine.scheduler.cfg.blockSize), num_gpu_blocks: String(engine.scheduler.blocks.numBlocks) }, 1);
+    this.live = () => {
+      const sch = engine.scheduler;
+      const keys = sch.adapterKeys();
       const names = (ks: Set<string>) => [...ks].map((k) => registry.nameOf(k)).sort().join(",");
       const running = names(keys.running), waiting = names(keys.waiting);
       const labels = `${running}|${waiting}`;
@@ -61,21 +71,24 @@ export class Metrics {
         lastLora = labels;
       }
       this.loraInfo.set({ running_lora_adapters: running, waiting_lora_adapters: waiting, max_lora: String(maxLora) }, Date.now() / 1000);
+      const used = sch.blocks.usedCount, total = sch.blocks.numBlocks;
+      this.queueSize.set(sch.waitingCount);
+      this.kvUsed.set(used);
+      this.kvTotal.set(total);
+      this.vllmRunning.set({ model_name: this.modelName }, sch.runningCount);
+      this.vllmWaiting.set({ model_name: this.modelName }, sch.waitingCount);
+      const usage = total ? used / total : 0;
+      this.vllmKvUsage.set({ model_name: this.modelName }, usage);
+      this.vllmKvUsage2.set({ model_name: this.modelName }, usage);
+    };
+    engine.on("step", (e: StepEvent) => {
       this.adaptersActive.set(registry.activeCount);
       this.adapterEvictions.set(registry.evictions);
       const s = e.stats;
       this.batchSize.set(s.batchSize);
       this.batchTokens.observe(e.tokens);
       this.stepDuration.observe({ method: s.prefillTokens > 0 ? "prefill" : "decode" }, e.micros / 1e6);
-      this.queueSize.set(s.waiting);
-      this.kvUsed.set(s.kvUsedBlocks);
-      this.kvTotal.set(s.kvTotalBlocks);
       if (s.preemptions) this.preemptions.inc(s.preemptions);
-      this.vllmRunning.set({ model_name: this.modelName }, s.running);
-      this.vllmWaiting.set({ model_name: this.modelName }, s.waiting);
-      const usage = s.kvTotalBlocks ? s.kvUsedBlocks / s.kvTotalBlocks : 0;
-      this.vllmKvUsage.set({ model_name: this.modelName }, usage);
-      this.vllmKvUsage2.set({ model_name: this.modelName }, usage);
     });
   }
 }
