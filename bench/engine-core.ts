@@ -35,17 +35,18 @@ export interface CoreOptions {
   concurrency?: number[]; // default [1, 8, 32]
   prefillReps?: number; // default 2 quick, 3 full
   newTokens?: number; // decode tokens per sequence; default 16 quick, 48 full
+  decodePromptLen?: number; // tokens per decode prompt; default 16
   companion?: CoreCompanion;
 }
 
-/** The prefill prompt (512 tokens) and the decode prompts (16 tokens each) every engine is given. */
+/** The prefill prompt (512 tokens) and the decode prompts (16 tokens each by default) every engine is given. */
 export const prefillPrompt = (): number[] => Array.from({ length: 512 }, (_, i) => 300 + ((i * 7919) % 30000));
-export const decodePrompts = (concurrency: number): number[][] =>
-  Array.from({ length: concurrency }, (_, i) => Array.from({ length: 16 }, (_, j) => 100 + 37 * i + j));
+export const decodePrompts = (concurrency: number, len = 16): number[][] =>
+  Array.from({ length: concurrency }, (_, i) => Array.from({ length: len }, (_, j) => 100 + 37 * i + j));
 
 const median = (xs: number[]) => xs.slice().sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
-async function decodeRate(engine: Engine, concurrency: number, newTokens: number): Promise<{ tokS: number; wallTokS: number }> {
+async function decodeRate(engine: Engine, concurrency: number, newTokens: number, promptLen: number): Promise<{ tokS: number; wallTokS: number }> {
   // Measure only steps where every running sequence decodes (no prefill in the step).
   let tokens = 0, micros = 0, pure = 0, first = 0, last = 0;
   const onStep = (e: StepEvent) => {
@@ -59,7 +60,7 @@ async function decodeRate(engine: Engine, concurrency: number, newTokens: number
   engine.on("step", onStep);
   const params = { ...DEFAULT_SAMPLING, maxNewTokens: newTokens, ignoreEos: true };
   await Promise.all(
-    decodePrompts(concurrency).map(async (prompt) => {
+    decodePrompts(concurrency, promptLen).map(async (prompt) => {
       for await (const _e of engine.generate({ prompt, params }));
     }),
   );
@@ -93,8 +94,8 @@ export async function benchCore(dtype: DType, quick: boolean, bandwidth: number,
   const decode = [], peerDecode = [];
   const newTokens = opts.newTokens ?? (quick ? 16 : 48);
   for (const c of opts.concurrency ?? [1, 8, 32]) {
-    decode.push({ concurrency: c, ...(await decodeRate(engine, c, newTokens)) });
-    if (opts.companion) peerDecode.push({ concurrency: c, tokS: await opts.companion.decode(decodePrompts(c), newTokens) });
+    decode.push({ concurrency: c, ...(await decodeRate(engine, c, newTokens, opts.decodePromptLen ?? 16)) });
+    if (opts.companion) peerDecode.push({ concurrency: c, tokS: await opts.companion.decode(decodePrompts(c, opts.decodePromptLen ?? 16), newTokens) });
   }
   engine.backend.close();
   // Bytes of weights read per decoded token: every matrix once (the embedding row is negligible).

@@ -59,16 +59,17 @@ export function loraGguf(dir: string, spec: ModelSpec, rank: number, seed: numbe
 }
 
 /**
- * Loads adapters into the engine's LoRA slots (slot i ← adapters[i]) and routes each request's `adapterKey`
- * ("lora-<i>") to its slot. Throws, with the reason, when the engine has no LoRA support (the caller skips).
+ * Loads `count` adapters into the engine's LoRA slots (slot i ← make(i), made one at a time and dropped once copied;
+ * the first `alreadyLoaded` a previous call loaded) and routes each request's `adapterKey` ("lora-<i>") to its slot. Throws, with the reason,
+ * when the engine has no LoRA support (the caller skips).
  */
-export function installAdapters(engine: Engine, adapters: LoraWeights[]): string[] {
+export async function installAdapters(engine: Engine, count: number, make: (i: number) => LoraWeights, alreadyLoaded = 0): Promise<string[]> {
   const backend = engine.backend as Partial<Pick<Engine["backend"], "loraLoad">>;
   if (typeof backend.loraLoad !== "function") throw new Error("the engine's backend has no loraLoad: multi-LoRA support is not in this build");
-  const keys = adapters.map((_, i) => `lora-${i}`);
-  adapters.forEach((w, i) => engine.backend.loraLoad(i, w));
-  const slotOf = new Map(keys.map((k, i) => [k, i]));
   if (typeof engine.scheduler?.setGate !== "function") throw new Error("the engine's scheduler has no setGate: cannot route requests to LoRA slots");
+  const keys = Array.from({ length: count }, (_, i) => `lora-${i}`);
+  for (let i = alreadyLoaded; i < count; i++) await engine.backend.loraLoad(i, make(i));
+  const slotOf = new Map(keys.map((k, i) => [k, i]));
   engine.scheduler.setGate({
     acquire: (seq: Sequence) => {
       seq.adapterSlot = seq.adapterKey === null ? -1 : (slotOf.get(seq.adapterKey) ?? -1);

@@ -205,3 +205,56 @@ export async function decodeOn(ctx: NlcContext, prompts: number[][], newTokens: 
     for (const s of seqs) s.dispose();
   }
 }
+
+/**
+ * Aggregate decode tokens/s over several contexts decoding at once (e.g. one per LoRA adapter, as llama.cpp serves
+ * adapters): all prompts prefilled first (untimed), then every context generates `newTokens` per sequence together.
+ */
+export async function decodeAcross(ctxs: NlcContext[], promptsPerCtx: number[][][], newTokens: number): Promise<number> {
+  const seqs = ctxs.map((c, i) => promptsPerCtx[i].map(() => c.getSequence()));
+  try {
+    await Promise.all(seqs.flatMap((ss, i) => ss.map((s, j) => s.evaluateWithoutGeneratingNewTokens(promptsPerCtx[i][j].slice(0, -1)))));
+    const t0 = performance.now();
+    await Promise.all(
+      seqs.flatMap((ss, i) =>
+        ss.map(async (s, j) => {
+          let n = 0;
+          for await (const _t of s.evaluate(promptsPerCtx[i][j].slice(-1), { temperature: 0 })) if (++n === newTokens) break;
+        }),
+      ),
+    );
+    const total = promptsPerCtx.reduce((a, p) => a + p.length, 0) * newTokens;
+    return total / ((performance.now() - t0) / 1e3);
+  } finally {
+    for (const s of seqs.flat()) s.dispose();
+  }
+}
+
+/** Time to first token per request on one context with a sequence per request, arrivals in seconds from the start. */
+export async function ttftOn(model: LlamaCppModel, ps: number[][], arrivals: number[], newTokens: number): Promise<{ ttft: number[]; wall: number }> {
+  const ctx = await model.context(ps.length, Math.max(...ps.map((p) => p.length)) + newTokens + 16);
+  try {
+    const t0 = performance.now();
+    const ttft = await Promise.all(
+      ps.map(async (prompt, i) => {
+        const at = t0 + arrivals[i] * 1e3 - performance.now();
+        if (at > 0) await new Promise((r) => setTimeout(r, at));
+        const seq = ctx.getSequence();
+        const start = performance.now();
+        let first = NaN, n = 0;
+        try {
+          for await (const _t of seq.evaluate(prompt, { temperature: 0 })) {
+            if (n++ === 0) first = performance.now();
+            if (n === newTokens) break;
+          }
+        } finally {
+          seq.dispose();
+        }
+        return (first - start) / 1e3;
+      }),
+    );
+    return { ttft, wall: (performance.now() - t0) / 1e3 };
+  } finally {
+    await ctx.dispose();
+  }
+}

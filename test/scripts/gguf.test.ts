@@ -260,7 +260,7 @@ describe.skipIf(!havePeer)("llama.cpp on our GGUF files agrees with our engine",
   async function ours(dir: string, opts: { lora?: ReturnType<typeof randomLora> } = {}): Promise<number[][]> {
     const engine = await Engine.create(dir, { ...TEST_ENGINE_OPTIONS, loraSlots: opts.lora ? 1 : 0, loraMaxRank: 16 });
     try {
-      const keys = opts.lora ? installAdapters(engine, [opts.lora]) : [];
+      const keys = opts.lora ? await installAdapters(engine, 1, () => opts.lora!) : [];
       const out: number[][] = [];
       for (const p of prompts) out.push((await collect(engine.generate({ prompt: p, params: greedy(12), adapterKey: keys[0] ?? null }))).ids[0]);
       return out;
