@@ -7,7 +7,7 @@ import { fileURLToPath } from "node:url";
 
 import { writeSafetensors, type DType, type TensorToWrite } from "../engine/src/model/safetensors.js";
 
-export const FIXTURE_VERSION = 1;
+export const FIXTURE_VERSION = 6;
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 export const DEFAULT_TINY_DIR = path.join(ROOT, ".cache", "tiny-models");
 
@@ -28,6 +28,9 @@ export interface TinyVariant {
   slidingWindow?: number;
   shards?: number;
   maxPositions?: number;
+  /** Scale these lm_head rows (tokens made only of the given characters) so the random model often picks
+   * them: closing JSON punctuation lets constrained generations finish (structured-output tests). */
+  boost?: { chars: string; factor: number };
 }
 
 export const TINY_VARIANTS: TinyVariant[] = [
@@ -36,6 +39,7 @@ export const TINY_VARIANTS: TinyVariant[] = [
   { name: "llama3-f16-mqa-headdim", arch: "LlamaForCausalLM", dtype: "F16", hidden: 64, layers: 2, heads: 4, kvHeads: 1, headDim: 24, intermediate: 96, tied: false, tokenizer: "llama2", ropeTheta: 500000, ropeScaling: { rope_type: "llama3", factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 64 } },
   { name: "mistral-f32-sharded-window", arch: "MistralForCausalLM", dtype: "F32", hidden: 48, layers: 3, heads: 6, kvHeads: 2, intermediate: 112, tied: false, tokenizer: "llama2", slidingWindow: 7, shards: 2 },
   { name: "qwen2-bf16-bias", arch: "Qwen2ForCausalLM", dtype: "BF16", hidden: 32, layers: 2, heads: 4, kvHeads: 2, intermediate: 64, tied: true, tokenizer: "qwen3", ropeTheta: 1000000 },
+  { name: "llama-f32-json", arch: "LlamaForCausalLM", dtype: "F32", hidden: 64, layers: 2, heads: 4, kvHeads: 2, intermediate: 160, tied: false, tokenizer: "llama2", boost: { chars: '"@', factor: 8 } },
 ];
 
 /** Mulberry32 + Box–Muller: a small seeded normal generator. */
@@ -98,7 +102,16 @@ export function writeTinyModel(dir: string, v: TinyVariant, seed = 1234): void {
     add(p + "post_attention_layernorm.weight", [v.hidden], norm(v.hidden));
   }
   add("model.norm.weight", [v.hidden], norm(v.hidden));
-  if (!v.tied) add("lm_head.weight", [vocab, v.hidden], mat(vocab, v.hidden, 1));
+  if (!v.tied) {
+    const head = mat(vocab, v.hidden, 1);
+    if (v.boost) {
+      const tj = JSON.parse(fs.readFileSync(path.join(tokenizerDir(v.tokenizer), "tokenizer.json"), "utf8"));
+      const allowed = new Set(v.boost.chars);
+      for (const [piece, id] of Object.entries(tj.model.vocab as Record<string, number>))
+        if ([...piece].every((c) => allowed.has(c))) for (let i = 0; i < v.hidden; i++) head[id * v.hidden + i] *= v.boost.factor;
+    }
+    add("lm_head.weight", [vocab, v.hidden], head);
+  }
 
   const shards = v.shards ?? 1;
   if (shards === 1) {

@@ -12,6 +12,17 @@ import { PenaltyState, usesPenalties, validateSampling, type SamplingParams } fr
 import { Scheduler, Sequence, type AdapterGate, type BatchEntry, type StepStats } from "./scheduler.js";
 import { StopMatcher } from "./stop.js";
 import { IncrementalDecoder, Tokenizer, type ChatMessage } from "./tokenizer.js";
+import { compileResponseFormat, GrammarVocab, vocabInputFromTokenizerJson, type CompiledGrammar, type GrammarMatcher, type ResponseFormat } from "./structured/index.js";
+
+/** A grammar matcher as the engine's per-sequence constraint. */
+function matcherConstraint(m: GrammarMatcher): TokenConstraint {
+  return {
+    mask: (out) => m.fillMask(out),
+    accept: (t) => void m.accept(t),
+    isTerminated: () => m.isTerminated(),
+    dispose: () => m.dispose(),
+  };
+}
 
 /** No tokenizer we serve packs more characters than this into one token (a run of spaces or a long word). */
 const MAX_CHARS_PER_TOKEN = 64;
@@ -93,6 +104,8 @@ export interface TokenConstraint {
   accept(token: number): void;
   /** The grammar is complete: EOS is now the only way forward. */
   isTerminated(): boolean;
+  /** The sequence ended: free what the constraint holds. */
+  dispose?(): void;
 }
 
 /** What a request asks of adapters: one adapter by id, or a merge of several. */
@@ -127,7 +140,8 @@ export interface SubmitRequest {
   /** Generate until the context is full (params.maxNewTokens is replaced by what fits after the prompt). */
   fillContext?: boolean;
   signal?: AbortSignal;
-  constraint?: () => TokenConstraint;
+  /** Structured output: every token is masked to keep the output valid JSON (for this schema). */
+  responseFormat?: { format: ResponseFormat; path: string; param: string };
 }
 
 export interface Submission {
@@ -213,6 +227,13 @@ export class Engine extends EventEmitter {
   }
 
   private adapters?: AdapterProvider;
+  private grammarVocab?: Promise<GrammarVocab>;
+
+  /** Compiles a response format against this tokenizer's vocabulary (built once, grammars cached by schema). */
+  private compileGrammar(rf: NonNullable<SubmitRequest["responseFormat"]>): Promise<CompiledGrammar> {
+    this.grammarVocab ??= GrammarVocab.create(vocabInputFromTokenizerJson(this.tokenizer.json, this.tokenizer.eosIds, this.spec.vocabSize));
+    return this.grammarVocab.then((v) => compileResponseFormat(v, rf.format, { path: rf.path, param: rf.param }));
+  }
 
   setAdapterProvider(p: AdapterProvider): void {
     this.adapters = p;
@@ -228,6 +249,8 @@ export class Engine extends EventEmitter {
     if (this.inflight >= this.opts.maxConcurrentRequests)
       throw new OverloadedError(`${this.inflight} requests in flight, the limit is ${this.opts.maxConcurrentRequests}: retry shortly`);
     validateSampling(req.params);
+    const grammarP = req.responseFormat ? this.compileGrammar(req.responseFormat) : undefined;
+    grammarP?.catch(() => {});
     const leaseP = req.adapter
       ? this.adapters
         ? this.adapters.acquire(req.adapter, req.signal)
@@ -254,9 +277,10 @@ export class Engine extends EventEmitter {
       const fill = req.fillContext ? this.maxTotalTokens - Math.min(ids.length, req.truncate ?? ids.length) : 0;
       const params = req.fillContext ? { ...req.params, maxNewTokens: Math.max(1, fill) } : req.params;
       const prompt = this.validatePrompt(ids, params.maxNewTokens, req.truncate);
+      const grammar = await grammarP;
       const events = this.generate({
         prompt, params, n: req.n, signal: req.signal, adapterKey: lease?.key ?? null,
-        constraint: req.constraint, onSettled: () => lease?.release(),
+        constraint: grammar ? () => matcherConstraint(grammar.matcher()) : undefined, onSettled: () => lease?.release(),
       });
       return { promptIds: prompt, promptText: text, adapterKey: lease?.key ?? null, events };
     } catch (e) {
@@ -339,7 +363,10 @@ export class Engine extends EventEmitter {
     if (state.settled) return;
     state.settled = true;
     this.inflight--;
-    for (const s of state.seqs) this.outs.delete(s);
+    for (const s of state.seqs) {
+      this.outs.get(s)?.constraint?.dispose?.();
+      this.outs.delete(s);
+    }
     state.onSettled?.();
   }
 

@@ -37,7 +37,8 @@ export class Tokenizer {
 
   private constructor(
     private readonly hf: HfTokenizer,
-    private readonly json: Json,
+    /** tokenizer.json as parsed (grammar vocabularies read it). */
+    readonly json: Json,
     private readonly config: Json,
     extraEos: number[],
   ) {

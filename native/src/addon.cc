@@ -492,6 +492,10 @@ Napi::Value Kernel(const Napi::CallbackInfo& info) {
     be.silu_mul(g.data(), u.data(), int64_t(g.size()), out.data());
     return to_js<float, Napi::Float32Array>(env, out);
   }
+  if (name == "logsumexp") {
+    auto x = F32(a, "x", false);
+    return Napi::Number::New(env, be.logsumexp(x.data(), int64_t(x.size())));
+  }
   if (name == "softmax") {
     auto x = F32(a, "x", false);
     be.softmax(x.data(), int64_t(x.size()));

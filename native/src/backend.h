@@ -25,6 +25,8 @@ class Backend {
   virtual void silu_mul(const float* gate, const float* up, int64_t n, float* out) = 0;
   virtual void attention(const AttnArgs& a, const float* q, float* out) = 0;
   virtual void softmax(float* x, int64_t n) = 0;
+  // log Σ exp(x), the normaliser of raw log-probabilities.
+  virtual double logsumexp(const float* x, int64_t n) = 0;
   // y[t] += scale · B · A · x[t] for every token of every group (adapters differ per group).
   virtual void lora(const float* x, int d_in, float* y, int d_out, const LoraGroup* g, int n_groups) = 0;
   // Runs fn(i) for i in [0, n) across the backend's threads (host-side helpers: LoRA segments, sampling).

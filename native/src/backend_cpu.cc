@@ -33,6 +33,7 @@ class CpuBackend final : public Backend {
     fast_ ? fast::attention(pool_, a, q, out) : ref::attention(a, q, out);
   }
   void softmax(float* x, int64_t n) override { fast_ ? fast::softmax(x, n) : ref::softmax(x, n); }
+  double logsumexp(const float* x, int64_t n) override { return fast_ ? fast::logsumexp(x, n) : ref::logsumexp(x, n); }
   void lora(const float* x, int d_in, float* y, int d_out, const LoraGroup* g, int n) override {
     fast_ ? fast::lora(pool_, x, d_in, y, d_out, g, n) : ref::lora(x, d_in, y, d_out, g, n);
   }

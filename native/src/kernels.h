@@ -51,6 +51,7 @@ void silu_mul(const float* gate, const float* up, int64_t n, float* out);
 void attention(const AttnArgs& a, const float* q, float* out);  // q,out [T, n_heads, head_dim]
 void softmax(float* x, int64_t n);
 void lora(const float* x, int d_in, float* y, int d_out, const LoraGroup* g, int n_groups);
+double logsumexp(const float* x, int64_t n);
 }  // namespace ref
 
 namespace fast {
@@ -62,6 +63,7 @@ void silu_mul(ThreadPool& pool, const float* gate, const float* up, int64_t n, f
 void attention(ThreadPool& pool, const AttnArgs& a, const float* q, float* out);
 void softmax(float* x, int64_t n);
 void lora(ThreadPool& pool, const float* x, int d_in, float* y, int d_out, const LoraGroup* g, int n_groups);
+double logsumexp(const float* x, int64_t n);
 }  // namespace fast
 
 }  // namespace lx

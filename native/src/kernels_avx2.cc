@@ -200,7 +200,7 @@ void linear_t(ThreadPool& pool, const float* x, int T, const Mat& W, const float
     thread_local std::vector<float> scratch;
     thread_local std::vector<float> accbuf;
     rows_blocked<D>(W.data, K, r0, r1, x, T, N, bias, y, accumulate, scratch, accbuf);
-  });
+  }, N * K * T);
 }
 
 }  // namespace
@@ -233,7 +233,7 @@ void rmsnorm(ThreadPool& pool, const float* x, int T, int H, const float* w, flo
         _mm256_storeu_ps(o + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(xr + i), rv), _mm256_loadu_ps(w + i)));
       for (; i < H; i++) o[i] = xr[i] * r * w[i];
     }
-  });
+  }, int64_t(T) * H);
 }
 
 void rope(ThreadPool& pool, float* x, int T, int n_heads, int head_dim, const float* cos, const float* sin) {
@@ -258,7 +258,7 @@ void rope(ThreadPool& pool, float* x, int T, int n_heads, int head_dim, const fl
         }
       }
     }
-  });
+  }, int64_t(T) * n_heads * head_dim);
 }
 
 void silu_mul(ThreadPool& pool, const float* gate, const float* up, int64_t n, float* out) {
@@ -271,7 +271,7 @@ void silu_mul(ThreadPool& pool, const float* gate, const float* up, int64_t n, f
       _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(g, sig), _mm256_loadu_ps(up + i)));
     }
     for (; i < e; i++) out[i] = gate[i] / (1.f + exp1(-gate[i])) * up[i];
-  });
+  }, n * 4);
 }
 
 void softmax(float* x, int64_t n) {
@@ -299,6 +299,24 @@ void softmax(float* x, int64_t n) {
   for (; i < n; i++) x[i] *= 1.f / s;
 }
 
+double logsumexp(const float* x, int64_t n) {
+  __m256 mv = _mm256_set1_ps(-INFINITY);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(x + i));
+  alignas(32) float mb[8];
+  _mm256_store_ps(mb, mv);
+  float m = -INFINITY;
+  for (float v : mb) m = std::max(m, v);
+  for (; i < n; i++) m = std::max(m, x[i]);
+  if (m == -INFINITY) return -INFINITY;
+  const __m256 mm = _mm256_set1_ps(m);
+  __m256 sv = _mm256_setzero_ps();
+  for (i = 0; i + 8 <= n; i += 8) sv = _mm256_add_ps(sv, exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), mm)));
+  double s = hsum(sv);
+  for (; i < n; i++) s += exp1(x[i] - m);
+  return m + std::log(s);
+}
+
 namespace {
 inline float dot(const float* a, const float* b, int n) {
   __m256 acc = _mm256_setzero_ps();
@@ -319,8 +337,10 @@ inline void axpy(float a, const float* x, float* y, int n) {
 void attention(ThreadPool& pool, const AttnArgs& a, const float* q, float* out) {
   const int hd = a.head_dim, group = a.n_heads / a.n_kv, bs = a.block_size;
   const int64_t units = int64_t(a.T) * a.n_kv;
+  int64_t work = 0;
+  for (int t = 0; t < a.T; t++) work += int64_t(a.kv_len[t]) * a.n_heads * hd * 2;
   // Strided over threads: later prefill tokens see longer contexts, contiguous chunks would be unbalanced.
-  pool.run([&](int tid, int nt) {
+  auto body = [&](int tid, int nt) {
     thread_local std::vector<float> sc;
     for (int64_t u = tid; u < units; u += nt) {
       const int t = int(u / a.n_kv), kh = int(u % a.n_kv);
@@ -348,7 +368,9 @@ void attention(ThreadPool& pool, const AttnArgs& a, const float* q, float* out) 
         }
       }
     }
-  });
+  };
+  if (work < ThreadPool::kMinParallelWork) body(0, 1);
+  else pool.run(body);
 }
 
 // LoRA: work items are (group, chunk of up to 16 tokens); a chunk's tokens are gathered contiguous, shrunk
@@ -360,7 +382,9 @@ void lora(ThreadPool& pool, const float* x, int d_in, float* y, int d_out, const
   for (int gi = 0; gi < n_groups; gi++)
     for (int i = 0; i < g[gi].n_tok; i += kChunk) items.emplace_back(gi, i);
   std::atomic<size_t> next{0};
-  pool.run([&](int, int) {
+  int64_t work = 0;
+  for (int gi = 0; gi < n_groups; gi++) work += int64_t(g[gi].n_tok) * g[gi].rank * (d_in + d_out);
+  auto body = [&](int, int) {
     thread_local std::vector<float> xs, s;
     for (size_t it; (it = next.fetch_add(1)) < items.size();) {
       const LoraGroup& G = g[items[it].first];
@@ -390,7 +414,9 @@ void lora(ThreadPool& pool, const float* x, int d_in, float* y, int d_out, const
         for (int j = 0; j < G.rank; j++) axpy(G.scale * s[int64_t(i) * G.rank + j], G.Bt + int64_t(j) * d_out, yr, d_out);
       }
     }
-  });
+  };
+  if (work < ThreadPool::kMinParallelWork) body(0, 1);
+  else pool.run(body);
 }
 
 }  // namespace lx::fast

@@ -119,4 +119,12 @@ void lora(const float* x, int d_in, float* y, int d_out, const LoraGroup* g, int
   }
 }
 
+double logsumexp(const float* x, int64_t n) {
+  float m = -INFINITY;
+  for (int64_t i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
+  double s = 0;
+  for (int64_t i = 0; i < n; i++) s += std::exp(double(x[i]) - m);
+  return m + std::log(s);
+}
+
 }  // namespace lx::ref

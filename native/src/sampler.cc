@@ -21,15 +21,6 @@ namespace {
 
 inline bool allowed(const uint32_t* mask, int i) { return !mask || ((mask[i >> 5] >> (i & 31)) & 1u); }
 
-// log-sum-exp of raw logits in double, max included.
-double log_norm(const float* l, int V) {
-  float m = -INFINITY;
-  for (int i = 0; i < V; i++) m = std::max(m, l[i]);
-  double s = 0;
-  for (int i = 0; i < V; i++) s += std::exp(double(l[i]) - m);
-  return m + std::log(s);
-}
-
 // Indices of the n largest values of v (desc, ties by lower id), written sorted into idx[0..n).
 void top_n(const float* v, int V, int n, bool reference, std::vector<int32_t>& idx) {
   auto better = [v](int32_t a, int32_t b) { return v[a] > v[b] || (v[a] == v[b] && a < b); };
@@ -47,7 +38,7 @@ void top_n(const float* v, int V, int n, bool reference, std::vector<int32_t>& i
 
 void sample_row(Backend& be, const SampleRow& r, int V, bool reference, std::vector<float>& work, std::vector<int32_t>& idx,
                 SampleOut& out) {
-  const double lz = log_norm(r.logits, V);
+  const double lz = be.logsumexp(r.logits, V);
   auto raw_lp = [&](int id) { return float(double(r.logits[id]) - lz); };
   if (r.n_top > 0) {
     int n = std::min(r.n_top, V);
@@ -136,6 +127,7 @@ void sample_row(Backend& be, const SampleRow& r, int V, bool reference, std::vec
     idx.resize(V);
     std::iota(idx.begin(), idx.end(), 0);
   }
+  bool by_id = !need_order;  // idx is already in id order
   if (r.typical_p < 1.f) {
     // Typical sampling: order the kept tokens by |−log p − H| and keep the smallest prefix of mass typical_p.
     double H = 0, mass = 0;
@@ -159,8 +151,9 @@ void sample_row(Backend& be, const SampleRow& r, int V, bool reference, std::vec
     }
     by_shift.resize(cut);
     idx.swap(by_shift);
+    by_id = false;
   }
-  std::sort(idx.begin(), idx.end());  // draw in id order
+  if (!by_id) std::sort(idx.begin(), idx.end());  // draw in id order
   double total = 0;
   for (int32_t id : idx) total += work[id];
   double u = rng_uniform(r.seed, r.step) * total, c = 0;

@@ -31,7 +31,7 @@ void ThreadPool::worker(int tid) {
     uint64_t g;
     int spins = 0;
     while ((g = generation_.load(std::memory_order_acquire)) == seen) {
-      if (++spins < 20000) {
+      if (++spins < 4000) {
         LX_PAUSE();
         continue;
       }
@@ -62,11 +62,19 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
   }
   if (sleepers_.load() > 0) cv_.notify_all();
   fn(0, n_);
-  while (pending_.load(std::memory_order_acquire) != 0) LX_PAUSE();
+  // Spin briefly for the others, then yield the core: on a busy machine a worker may be waiting for one.
+  for (int spins = 0; pending_.load(std::memory_order_acquire) != 0; spins++) {
+    if (spins < 4000) LX_PAUSE();
+    else std::this_thread::yield();
+  }
 }
 
-void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
+void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn, int64_t work) {
   if (n <= 0) return;
+  if (work >= 0 && work < kMinParallelWork) {
+    fn(0, n);
+    return;
+  }
   if (grain < 1) grain = 1;
   int64_t units = (n + grain - 1) / grain;
   int nt = int(units < n_ ? units : n_);

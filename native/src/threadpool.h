@@ -20,8 +20,10 @@ class ThreadPool {
   int size() const { return n_; }
   // Runs fn(tid, n_threads) on every thread (tid 0 = caller) and returns when all are done.
   void run(const std::function<void(int, int)>& fn);
-  // Splits [0, n) into contiguous chunks of `grain`-aligned size, one per thread.
-  void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
+  // Splits [0, n) into contiguous chunks of `grain`-aligned size, one per thread. `work` (multiply-adds, say)
+  // below kMinParallelWork runs on the caller alone: waking threads would cost more than it saves.
+  void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn, int64_t work = -1);
+  static constexpr int64_t kMinParallelWork = 1 << 15;
 
  private:
   void worker(int tid);

@@ -2,7 +2,7 @@
 // with each API's defaults and semantics (TGI: warpers imply sampling; OpenAI: temperature 0 is greedy).
 import type { Request } from "express";
 
-import type { AdapterRequest } from "../../engine/src/engine.js";
+import type { AdapterRequest, SubmitRequest } from "../../engine/src/engine.js";
 import { ValidationError } from "../../engine/src/errors.js";
 import { DEFAULT_SAMPLING, type SamplingParams } from "../../engine/src/sampling.js";
 import { adapterById, adapterFromModel, checkStops, defaultAdapter, tokenFor, type ServerContext } from "./context.js";
@@ -105,4 +105,24 @@ export function openaiParams(ctx: ServerContext, req: Request, body: OpenAIBody,
       topLogprobs,
     },
   };
+}
+
+type EngineResponseFormat = NonNullable<SubmitRequest["responseFormat"]>;
+
+/** OpenAI response_format → the engine's: text means none; json_schema carries the schema. */
+export function openaiResponseFormat(rf: S["ChatResponseFormat"] | null | undefined): EngineResponseFormat | undefined {
+  if (!rf || rf.type === "text") return undefined;
+  if (rf.type === "json_object") return { format: { type: "json_object" }, path: "response_format", param: "response_format" };
+  return {
+    format: { type: "json_schema", schema: rf.json_schema.schema ?? {}, strict: rf.json_schema.strict ?? undefined },
+    path: "response_format.json_schema.schema",
+    param: "response_format",
+  };
+}
+
+/** Native parameters.response_format: {type: "json_object", schema?}; a schema makes it a JSON-schema grammar. */
+export function nativeResponseFormat(rf: S["NativeResponseFormat"] | null | undefined): EngineResponseFormat | undefined {
+  if (!rf || rf.type === "text") return undefined;
+  if (rf.schema) return { format: { type: "json_schema", schema: rf.schema }, path: "parameters.response_format.schema", param: "parameters.response_format" };
+  return { format: { type: "json_object" }, path: "parameters.response_format", param: "parameters.response_format" };
 }

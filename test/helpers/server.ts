@@ -1,15 +1,14 @@
 // Starts a real loraserve HTTP server on 127.0.0.1 (ephemeral port) over a tiny model for tests, with its log
-// captured in memory; and checks bodies against the openapi contract.
+// captured in memory. Usable outside vitest (scripts, benchmarks).
 import { Writable } from "node:stream";
 
 import pino from "pino";
-import { expect } from "vitest";
 
 import { parseConfig } from "../../server/src/config.js";
 import type { ServerContext } from "../../server/src/context.js";
 import { startServer } from "../../server/src/main.js";
-import { schemaValidator } from "../../server/src/validate.js";
 import { tinyModels } from "./tiny.js";
+
 
 export interface TestServer {
   url: string;
@@ -31,13 +30,6 @@ export async function startTestServer(args: string[] = [], model = "llama-f32"):
   const addr = server.address();
   if (!addr || typeof addr === "string") throw new Error("server has no TCP address");
   return { url: `http://127.0.0.1:${addr.port}`, ctx, logs, close };
-}
-
-/** Asserts that body matches components.schemas[name] of openapi/openapi.json. */
-export function expectSchema(name: string, body: unknown): void {
-  const v = schemaValidator(name);
-  const ok = v(body);
-  if (!ok) expect.fail(`${name} does not match the contract: ${JSON.stringify(v.errors?.slice(0, 3))}\nbody: ${JSON.stringify(body).slice(0, 500)}`);
 }
 
 /** Reads an SSE response body into its `data:` payloads. */

@@ -4,7 +4,8 @@ import { ChatOpenAI, OpenAI as LangChainOpenAI } from "@langchain/openai";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
-import { expectSchema, startTestServer, type TestServer } from "../helpers/server.js";
+import { expectSchema } from "../helpers/contract.js";
+import { startTestServer, type TestServer } from "../helpers/server.js";
 
 let srv: TestServer;
 let client: OpenAI;

@@ -2,7 +2,8 @@
 // random malformed bodies all get a 4xx with a message (never a 500) and the server stays healthy.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
-import { expectSchema, startTestServer, type TestServer } from "../helpers/server.js";
+import { expectSchema } from "../helpers/contract.js";
+import { startTestServer, type TestServer } from "../helpers/server.js";
 import { rng } from "../helpers/tiny.js";
 
 let srv: TestServer;

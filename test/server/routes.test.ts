@@ -3,7 +3,8 @@
 import request from "supertest";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
-import { expectSchema, startTestServer, type TestServer } from "../helpers/server.js";
+import { expectSchema } from "../helpers/contract.js";
+import { startTestServer, type TestServer } from "../helpers/server.js";
 
 let srv: TestServer;
 beforeAll(async () => (srv = await startTestServer()));

@@ -5,7 +5,7 @@ import { Router } from "express";
 import type { FinishInfo } from "../../../engine/src/engine.js";
 import type { ServerContext } from "../context.js";
 import { SseWriter } from "../sse.js";
-import { nativeParams } from "../translate.js";
+import { nativeParams, nativeResponseFormat } from "../translate.js";
 import { validateBody } from "../validate.js";
 import type { components } from "../wire-types.js";
 import { collectAll, handle, type SeqResult } from "./common.js";
@@ -22,7 +22,8 @@ export function generateRoutes(ctx: ServerContext): Router {
   r.post("/generate", handle(ctx, "native", "generate", async (c) => {
     const body = validateBody<S["GenerateRequest"]>("GenerateRequest", c.req.body);
     const { params, adapter, meta, truncate } = nativeParams(ctx, c.req, body, false);
-    const sub = await ctx.engine.submit({ input: { text: body.inputs }, adapter, params, n: meta.bestOf, truncate, signal: c.signal });
+    const responseFormat = nativeResponseFormat(body.parameters?.response_format);
+    const sub = await ctx.engine.submit({ input: { text: body.inputs }, adapter, params, n: meta.bestOf, truncate, responseFormat, signal: c.signal });
     c.accepted(sub);
     const { prompt, seqs } = await collectAll(sub, c.finished);
     // best_of: the sequence with the highest cumulative log-probability wins.
@@ -51,7 +52,8 @@ export function generateRoutes(ctx: ServerContext): Router {
   r.post("/generate_stream", handle(ctx, "native", "generate_stream", async (c) => {
     const body = validateBody<S["GenerateRequest"]>("GenerateRequest", c.req.body);
     const { params, adapter, meta, truncate } = nativeParams(ctx, c.req, body, true);
-    const sub = await ctx.engine.submit({ input: { text: body.inputs }, adapter, params, truncate, signal: c.signal });
+    const responseFormat = nativeResponseFormat(body.parameters?.response_format);
+    const sub = await ctx.engine.submit({ input: { text: body.inputs }, adapter, params, truncate, responseFormat, signal: c.signal });
     c.accepted(sub);
     const sse = new SseWriter(c.res);
     try {

@@ -8,7 +8,7 @@ import type { FinishInfo, GenerationEvent, Submission, SubmitRequest, TopToken }
 import { ValidationError } from "../../../engine/src/errors.js";
 import type { ServerContext } from "../context.js";
 import { SseWriter } from "../sse.js";
-import { openaiParams } from "../translate.js";
+import { openaiParams, openaiResponseFormat } from "../translate.js";
 import { validateBody } from "../validate.js";
 import type { components } from "../wire-types.js";
 import { collectAll, handle, type RouteCall } from "./common.js";
@@ -94,7 +94,7 @@ export function openaiRoutes(ctx: ServerContext): Router {
     const n = body.n ?? 1;
     const bestOf = body.best_of ?? n;
     if (bestOf < n) throw new ValidationError(`best_of (${bestOf}) must be at least n (${n})`, "best_of");
-    if (bestOf > ctx.config.maxBestOf) throw new ValidationError(`best_of/n ${bestOf} is above --max-best-of ${ctx.config.maxBestOf}`, "n");
+    if (bestOf > n && bestOf > ctx.config.maxBestOf) throw new ValidationError(`best_of ${bestOf} is above --max-best-of ${ctx.config.maxBestOf}`, "best_of");
     if (bestOf > n && body.stream) throw new ValidationError("best_of > n cannot be streamed", "best_of");
     const topLp = body.logprobs ?? 0;
     const { params, adapter } = openaiParams(ctx, c.req, body, body.max_tokens ?? undefined, topLp);
@@ -105,7 +105,8 @@ export function openaiRoutes(ctx: ServerContext): Router {
       : typeof body.prompt[0] === "string" ? (body.prompt as string[]).map((text) => ({ text }))
       : typeof body.prompt[0] === "number" ? [{ tokens: body.prompt as number[] }]
       : (body.prompt as number[][]).map((tokens) => ({ tokens }));
-    const subs = await submitAll(ctx, c, prompts.map((input) => ({ input, adapter, params, n: bestOf, signal: c.signal })));
+    const responseFormat = openaiResponseFormat(body.response_format);
+    const subs = await submitAll(ctx, c, prompts.map((input) => ({ input, adapter, params, n: bestOf, responseFormat, signal: c.signal })));
     const id = `cmpl-${crypto.randomUUID()}`, created = now(), model = body.model;
     const wantLogprobs = body.logprobs !== null && body.logprobs !== undefined;
     const echoText = (s: Submission) => (echo ? (s.promptText ?? ctx.engine.tokenizer.decode(s.promptIds, false)) : "");
@@ -170,7 +171,6 @@ export function openaiRoutes(ctx: ServerContext): Router {
   r.post("/v1/chat/completions", handle(ctx, "openai", "chat_completions", async (c) => {
     const body = validateBody<S["ChatCompletionRequest"]>("ChatCompletionRequest", c.req.body);
     const n = body.n ?? 1;
-    if (n > ctx.config.maxBestOf) throw new ValidationError(`n ${n} is above --max-best-of ${ctx.config.maxBestOf}`, "n");
     const wantLogprobs = body.logprobs ?? false;
     const topLp = wantLogprobs ? (body.top_logprobs ?? 0) : 0;
     if (!wantLogprobs && (body.top_logprobs ?? 0) > 0) throw new ValidationError("top_logprobs needs logprobs: true", "top_logprobs");
@@ -180,7 +180,8 @@ export function openaiRoutes(ctx: ServerContext): Router {
       role: m.role,
       content: typeof m.content === "string" ? m.content : Array.isArray(m.content) ? m.content.map((p) => p.text).join("") : "",
     }));
-    const [sub] = await submitAll(ctx, c, [{ input: { messages }, adapter, params, n, fillContext: maxTokens === undefined, signal: c.signal }]);
+    const responseFormat = openaiResponseFormat(body.response_format);
+    const [sub] = await submitAll(ctx, c, [{ input: { messages }, adapter, params, n, fillContext: maxTokens === undefined, responseFormat, signal: c.signal }]);
     const id = `chatcmpl-${crypto.randomUUID()}`, created = now(), model = body.model;
 
     if (!body.stream) {
