@@ -5,7 +5,7 @@ import { NativeError } from "./errors.js";
 import { readModelSpec, type ModelSpec } from "./model/config.js";
 import { DTYPE_CODE, type DType } from "./model/safetensors.js";
 import { listWeights } from "./model/weights.js";
-import { native, type NativeModel, type NativeStepInput, type NativeStepOutput } from "./native.js";
+import { native, type NativeMedusa, type NativeModel, type NativeStepInput, type NativeStepOutput } from "./native.js";
 
 export interface BackendOptions {
   /** KV memory budget in bytes (whole pool, all layers). */
@@ -52,6 +52,16 @@ export interface StepToken {
   seq: number; // index into sequences
   adapterSlot: number; // -1 = base
   kvIndex?: number;
+  /** Speculative rows: KV indexes from `base` on are visible only where `mask` has their bit (i = index - base). */
+  tree?: { base: number; mask: bigint };
+}
+
+/** Sampled rows verified together: out rows [first, first+n), node 0 the root, parents[i] < i. */
+export interface SampleGroup {
+  first: number;
+  n: number;
+  parents: number[];
+  medusa: number; // Medusa set drafting the next tree, -1 = none
 }
 
 export interface StepBatch {
@@ -61,6 +71,10 @@ export interface StepBatch {
   rows: RowSampling[];
   wantLogits?: boolean;
   wantHidden?: boolean;
+  /** Every sampled row belongs to one group; default: a group of one per sampled row, no Medusa. */
+  groups?: SampleGroup[];
+  kvMoves?: [seq: number, from: number, to: number][];
+  medusaK?: number;
 }
 
 export function wrapNative(e: unknown): Error {
@@ -128,6 +142,10 @@ export class Backend {
       adapter[i] = t.adapterSlot;
     });
     const kvIndex = b.tokens.some((t) => t.kvIndex !== undefined) ? Int32Array.from(b.tokens, (t) => t.kvIndex ?? t.position) : undefined;
+    const hasTree = b.tokens.some((t) => t.tree);
+    const treeBase = hasTree ? Int32Array.from(b.tokens, (t) => t.tree?.base ?? (t.kvIndex ?? t.position) + 1) : undefined;
+    const treeMask = hasTree ? BigUint64Array.from(b.tokens, (t) => t.tree?.mask ?? 0n) : undefined;
+    const groups = b.groups ?? b.rows.flatMap((r, i) => (r.sample ? [{ first: i, n: 1, parents: [-1], medusa: -1 }] : []));
     const btOffsets = new Int32Array(S + 1);
     let nb = 0;
     b.sequences.forEach((s, i) => {
@@ -166,9 +184,13 @@ export class Backend {
       po += np;
     });
     const input: NativeStepInput = {
-      tokens, positions, kvIndex, seq, adapter, btOffsets, bt,
+      tokens, positions, kvIndex, seq, adapter, treeBase, treeMask, btOffsets, bt,
       outRows: Int32Array.from(b.outRows), rowI, rowF, rowSeed, penIds, penCounts, masks,
       nTop, wantLogits: b.wantLogits, wantHidden: b.wantHidden,
+      kvMoves: b.kvMoves?.length ? Int32Array.from(b.kvMoves.flat()) : undefined,
+      groups: Int32Array.from(groups.flatMap((g) => [g.first, g.n, g.medusa])),
+      groupParents: Int32Array.from(groups.flatMap((g) => g.parents)),
+      medusaK: b.medusaK,
     };
     try {
       return await this.model.step(input);
@@ -191,6 +213,15 @@ export class Backend {
 
   loraFree(slot: number): void {
     this.model.loraFree(slot);
+  }
+
+  /** Loads a Medusa head set into a slot (copied). */
+  medusaLoad(slot: number, m: NativeMedusa): void {
+    try {
+      this.model.medusaLoad(slot, m);
+    } catch (e) {
+      throw wrapNative(e);
+    }
   }
 
   close(): void {

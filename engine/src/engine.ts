@@ -10,6 +10,7 @@ import { CancelledError, LoraserveError, OverloadedError, ValidationError } from
 import type { ModelSpec } from "./model/config.js";
 import { PenaltyState, usesPenalties, validateSampling, type SamplingParams } from "./sampling.js";
 import { Scheduler, Sequence, type AdapterGate, type BatchEntry, type StepStats } from "./scheduler.js";
+import { lookupDraft, medusaDraft, medusaTreeShape, shapeTopK, treeMasks, type TreeShape } from "./speculation.js";
 import { StopMatcher } from "./stop.js";
 import { IncrementalDecoder, Tokenizer, type ChatMessage } from "./tokenizer.js";
 import { compileResponseFormat, GrammarVocab, vocabInputFromTokenizerJson, type CompiledGrammar, type GrammarMatcher, type ResponseFormat } from "./structured/index.js";
@@ -37,6 +38,10 @@ export interface EngineOptions extends Omit<BackendOptions, "loraSlots" | "loraM
   maxTotalTokens?: number; // default: min(model context, KV capacity)
   loraSlots?: number;
   loraMaxRank?: number;
+  /** Prompt-lookup speculation depth when no Medusa heads apply (0 = off). */
+  speculativeTokens?: number;
+  /** Nodes in a Medusa candidate tree. */
+  medusaTreeSize?: number;
 }
 
 export interface TopToken {
@@ -96,6 +101,8 @@ export interface GenerateRequest {
   constraint?: () => TokenConstraint;
   /** Called once when the request's sequences all left the engine (release adapter refs etc.). */
   onSettled?: () => void;
+  /** Native Medusa set to draft with (a request's own Medusa adapter); default: the server's, if any. */
+  medusa?: number;
 }
 
 /** A per-sequence grammar: which tokens may come next, and what was chosen. */
@@ -113,10 +120,12 @@ export type AdapterRequest =
   | { id: string; source?: string; token?: string }
   | { merged: { ids: string[]; weights?: number[]; mergeStrategy?: string; density?: number; majoritySignMethod?: string }; source?: string; token?: string };
 
-/** An adapter held for one request: its scheduler key and chat template; released when the request ends. */
+/** An adapter held for one request: its scheduler key (null: no LoRA), chat template, or the native Medusa set
+ * it drafts with; released when the request ends. */
 export interface AdapterLease {
-  key: string;
+  key: string | null;
   chatTemplate?: string;
+  medusa?: number;
   release(): void;
 }
 
@@ -168,6 +177,8 @@ interface SeqOut {
   stop: StopMatcher;
   cumLogprob: number;
   constraint?: TokenConstraint;
+  /** How this sequence speculates: Medusa set, prompt-lookup depth, or not at all. */
+  spec?: { medusa?: number; lookup?: number };
   done: boolean;
   /** Prompt tokens with log-probabilities gathered over prefill chunks. */
   promptAcc?: PromptToken[];
@@ -279,7 +290,7 @@ export class Engine extends EventEmitter {
       const prompt = this.validatePrompt(ids, params.maxNewTokens, req.truncate);
       const grammar = await grammarP;
       const events = this.generate({
-        prompt, params, n: req.n, signal: req.signal, adapterKey: lease?.key ?? null,
+        prompt, params, n: req.n, signal: req.signal, adapterKey: lease?.key ?? null, medusa: lease?.medusa,
         constraint: grammar ? () => matcherConstraint(grammar.matcher()) : undefined, onSettled: () => lease?.release(),
       });
       return { promptIds: prompt, promptText: text, adapterKey: lease?.key ?? null, events };
@@ -339,6 +350,7 @@ export class Engine extends EventEmitter {
         stop: new StopMatcher(req.params.stop),
         cumLogprob: 0,
         constraint: req.constraint?.(),
+        spec: this.specFor(req),
         done: false,
       });
     }
@@ -349,6 +361,38 @@ export class Engine extends EventEmitter {
     req.signal?.addEventListener("abort", () => this.cancelRequest(state), { once: true });
     this.kick();
     return state.queue;
+  }
+
+  // ---- speculative decoding ----
+
+  private defaultMedusa?: { set: number; heads: number };
+  private medusaShape?: TreeShape;
+  private medusaK = 1;
+  /** Draft tokens proposed and accepted, and verification steps, since start (for /metrics). */
+  specProposed = 0;
+  specAccepted = 0;
+  specSteps = 0;
+
+  /** Makes a native Medusa set the default drafter of every request. */
+  setDefaultMedusa(set: number, heads: number): void {
+    this.defaultMedusa = { set, heads };
+    this.medusaShape = medusaTreeShape(heads, this.opts.medusaTreeSize ?? 16);
+    this.medusaK = shapeTopK(this.medusaShape);
+  }
+
+  get medusaHeads(): number | undefined {
+    return this.defaultMedusa?.heads;
+  }
+
+  /** Speculation is off for grammar-constrained and penalised requests (their rules change along a draft). */
+  private specFor(req: GenerateRequest): SeqOut["spec"] {
+    if (req.constraint || usesPenalties(req.params)) return undefined;
+    const medusa = req.medusa ?? this.defaultMedusa?.set;
+    if (medusa !== undefined) {
+      if (!this.medusaShape) throw new ValidationError("a Medusa adapter was given, but speculation is not set up on this server", "adapter_id");
+      return { medusa };
+    }
+    return this.opts.speculativeTokens ? { lookup: this.opts.speculativeTokens } : undefined;
   }
 
   private cancelRequest(state: RequestState): void {
@@ -413,14 +457,18 @@ export class Engine extends EventEmitter {
   }
 
   private async runStep(entries: BatchEntry[], stats: StepStats): Promise<void> {
-    const batch: StepBatch = { tokens: [], sequences: [], outRows: [], rows: [] };
-    const sampleRowOf = new Map<Sequence, number>();
+    const batch: StepBatch = { tokens: [], sequences: [], outRows: [], rows: [], groups: [], kvMoves: [], medusaK: this.medusaK };
+    const groupOf = new Map<Sequence, number>(); // group index of a sequence's sampled rows
     const promptRowsOf = new Map<Sequence, number>(); // first out-row index of a sequence's prompt rows
     entries.forEach((e, si) => {
       const seq = e.seq, out = this.outs.get(seq)!;
       batch.sequences.push({ blockTable: seq.blocks });
+      for (const [from, to] of seq.kvMoves) batch.kvMoves!.push([si, from, to]);
+      seq.kvMoves = [];
       const base = batch.tokens.length;
-      for (let i = 0; i < e.count; i++)
+      const draft = e.start >= seq.promptLen && e.count > 1 ? seq.draft : undefined;
+      const plain = draft ? 1 : e.count;
+      for (let i = 0; i < plain; i++)
         batch.tokens.push({ token: seq.tokens[e.start + i], position: e.start + i, seq: si, adapterSlot: seq.adapterSlot });
       if (e.promptRows > 0) {
         promptRowsOf.set(seq, batch.outRows.length);
@@ -429,11 +477,25 @@ export class Engine extends EventEmitter {
           batch.rows.push(this.rowSampling(out, seq, false, seq.tokens[e.start + i + 1]));
         }
       }
-      if (e.sample) {
-        sampleRowOf.set(seq, batch.outRows.length);
-        batch.outRows.push(base + e.count - 1);
-        batch.rows.push(this.rowSampling(out, seq, true, -1));
+      if (!e.sample) return;
+      // The sampled rows: the last token, then (speculating) one row per draft node at KV index root+node.
+      const first = batch.outRows.length;
+      const root = e.start + plain - 1;
+      batch.outRows.push(base + plain - 1);
+      batch.rows.push(this.rowSampling(out, seq, true, -1));
+      const parents = [-1];
+      if (draft) {
+        const masks = treeMasks(draft);
+        draft.tokens.forEach((t, i) => {
+          batch.outRows.push(batch.tokens.length);
+          batch.tokens.push({ token: t, position: root + draft.depths[i], kvIndex: root + 1 + i, seq: si, adapterSlot: seq.adapterSlot, tree: { base: root + 1, mask: masks[i] } });
+          batch.rows.push(this.rowSampling(out, seq, true, -1));
+          parents.push(draft.parents[i]);
+        });
+        this.specProposed += draft.tokens.length;
       }
+      groupOf.set(seq, batch.groups!.length);
+      batch.groups!.push({ first, n: parents.length, parents, medusa: out.spec?.medusa ?? -1 });
     });
     let result;
     try {
@@ -453,20 +515,60 @@ export class Engine extends EventEmitter {
     }
     this.emit("step", { stats, micros: result.micros, tokens: batch.tokens.length } satisfies StepEvent);
 
-    const sampled = new Map<Sequence, number>();
-    for (const [seq, r] of sampleRowOf) if (this.outs.has(seq) && !seq.cancelled) sampled.set(seq, result.tokens[r]);
-    this.scheduler.commit(entries, sampled);
+    // What each sequence gains: accepted draft tokens then the bonus token; KV then reaches root + accepted + 1.
+    const gained = new Map<Sequence, { tokens: number[]; computed?: number; logprobs: number[]; rows: number[] }>();
+    const nTop = result.topIds.length / Math.max(1, batch.outRows.length);
+    for (const [seq, g] of groupOf) {
+      if (!this.outs.has(seq) || seq.cancelled) continue;
+      const grp = batch.groups![g];
+      const draft = grp.n > 1 ? seq.draft : undefined;
+      const a = result.accepted[g];
+      const tokens: number[] = [], logprobs: number[] = [], rows: number[] = [];
+      let parentRow = grp.first;
+      for (let j = 0; j < a; j++) {
+        const node = result.path[g * result.maxNodes + j];
+        tokens.push(draft!.tokens[node - 1]);
+        logprobs.push(result.pathLogprobs[g * result.maxNodes + j]);
+        rows.push(parentRow);
+        parentRow = grp.first + node;
+      }
+      tokens.push(result.bonus[g]);
+      logprobs.push(result.bonusLogprobs[g]);
+      rows.push(result.lastRow[g]);
+      const entry = entries.find((x) => x.seq === seq)!;
+      const root = entry.start + (draft ? 0 : entry.count - 1);
+      if (draft) {
+        this.specAccepted += a;
+        this.specSteps++;
+        for (let j = 0; j < a; j++) {
+          const node = result.path[g * result.maxNodes + j];
+          if (node !== j + 1) seq.kvMoves.push([root + node, root + j + 1]);
+        }
+      }
+      gained.set(seq, { tokens, computed: root + 1 + a, logprobs, rows });
+      seq.draft = undefined;
+      const out = this.outs.get(seq)!;
+      if (out.spec?.medusa !== undefined && result.medusaHeads > 0) {
+        const k = this.medusaK;
+        seq.draft = medusaDraft(this.medusaShape!, result.medusaIds.subarray(g * result.medusaHeads * k, (g + 1) * result.medusaHeads * k), result.medusaHeads, k);
+      }
+    }
+    this.scheduler.commit(entries, gained);
 
     for (const e of entries) {
       const seq = e.seq, out = this.outs.get(seq);
       if (!out || seq.cancelled) continue;
       const pr = promptRowsOf.get(seq);
       if (pr !== undefined) this.emitPromptRows(out, seq, e, pr, result.targetLogprobs);
-      const r = sampleRowOf.get(seq);
-      if (r === undefined) continue;
+      const got = gained.get(seq);
+      if (!got) continue;
       seq.promptLogprobs = false;
-      const nTop = result.topIds.length / Math.max(1, batch.outRows.length);
-      this.onToken(out, seq, result.tokens[r], result.logprobs[r], out.params.topLogprobs, result.topIds.subarray(r * nTop, r * nTop + nTop), result.topLogprobs.subarray(r * nTop, r * nTop + nTop));
+      const before = seq.tokens.length - got.tokens.length;
+      for (let j = 0; j < got.tokens.length && !out.done; j++) {
+        const r = got.rows[j];
+        this.onToken(out, seq, got.tokens[j], got.logprobs[j], out.params.topLogprobs, result.topIds.subarray(r * nTop, r * nTop + nTop), result.topLogprobs.subarray(r * nTop, r * nTop + nTop), before + j + 1 - seq.promptLen);
+      }
+      if (!out.done && out.spec?.lookup) seq.draft = lookupDraft(seq.tokens, out.spec.lookup);
     }
   }
 
@@ -512,7 +614,7 @@ export class Engine extends EventEmitter {
     }
   }
 
-  private onToken(out: SeqOut, seq: Sequence, id: number, logprob: number, nTop: number, topIds: Int32Array, topLps: Float32Array): void {
+  private onToken(out: SeqOut, seq: Sequence, id: number, logprob: number, nTop: number, topIds: Int32Array, topLps: Float32Array, generated: number): void {
     const p = out.params;
     out.cumLogprob += logprob;
     out.penalties?.add(id);
@@ -522,7 +624,7 @@ export class Engine extends EventEmitter {
     let reason: FinishInfo["reason"] | undefined;
     if (isEos) reason = "eos";
     else if (piece.stop !== undefined) reason = "stop";
-    else if (seq.generated >= p.maxNewTokens) reason = "length";
+    else if (generated >= p.maxNewTokens) reason = "length";
     let delta = piece.text;
     let finish: FinishInfo | undefined;
     if (reason) {
@@ -535,7 +637,7 @@ export class Engine extends EventEmitter {
         reason,
         stopSequence: piece.stop,
         text: out.stop.fullText,
-        generatedTokens: seq.generated,
+        generatedTokens: generated,
         promptTokens: out.request.promptTokens,
         seed: out.seed,
         cumulativeLogprob: out.cumLogprob,

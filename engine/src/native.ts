@@ -65,6 +65,10 @@ export interface NativeStepInput {
   nTop: number;
   wantLogits?: boolean;
   wantHidden?: boolean;
+  kvMoves?: Int32Array; // [M, 3]: (sequence, from KV index, to KV index), applied before the forward pass
+  groups?: Int32Array; // [G, 3]: (first out row, nodes, medusa set or -1); every sampled row in one group
+  groupParents?: Int32Array; // per group, n parents (root -1)
+  medusaK?: number;
 }
 
 export interface NativeStepOutput {
@@ -75,7 +79,24 @@ export interface NativeStepOutput {
   topLogprobs: Float32Array; // [R, nTop]
   logits?: Float32Array; // [R, vocab]
   hidden?: Float32Array; // [R, hidden]
+  maxNodes: number;
+  accepted: Int32Array; // [G]
+  path: Int32Array; // [G, maxNodes]
+  pathLogprobs: Float32Array; // [G, maxNodes]
+  bonus: Int32Array; // [G]
+  bonusLogprobs: Float32Array; // [G]
+  lastRow: Int32Array; // [G]
+  medusaHeads: number;
+  medusaIds: Int32Array; // [G, medusaHeads, medusaK]
   micros: number;
+}
+
+export interface NativeMedusa {
+  heads: number;
+  ownLmHead: boolean;
+  w: Float32Array; // [heads, hidden, hidden]
+  b: Float32Array; // [heads, hidden]
+  lm?: Float32Array; // [heads, vocab, hidden] (version 1)
 }
 
 export interface NativeLoraModule {
@@ -102,6 +123,7 @@ export interface NativeModel {
   /** Copies the matrices into a slot on a worker thread; resolves to the bytes the slot holds. */
   loraLoad(slot: number, modules: NativeLoraModule[]): Promise<number>;
   loraFree(slot: number): void;
+  medusaLoad(slot: number, m: NativeMedusa): void;
   close(): void;
 }
 

@@ -3,6 +3,7 @@
 // KV blocks; preempts the newest running sequence (recompute later) when blocks run out; forks the n sequences
 // of one prompt onto shared prompt blocks. Tokens, text and sampling belong to the engine.
 import { BlockAllocator } from "./kv-blocks.js";
+import type { Draft } from "./speculation.js";
 
 export interface SchedulerConfig {
   blockSize: number;
@@ -47,6 +48,10 @@ export class Sequence {
   firstScheduledAt?: number;
   /** Children of the same prompt start once this (index 0) sequence has prefilled it. */
   children: Sequence[] = [];
+  /** Speculative tokens to verify in the next decode step (set by the engine). */
+  draft?: Draft;
+  /** KV entries to move before the next step: accepted speculative tokens compacted to their positions. */
+  kvMoves: [from: number, to: number][] = [];
 
   constructor(
     prompt: readonly number[],
@@ -168,6 +173,8 @@ export class Scheduler {
     this.blocks.release(seq.blocks);
     seq.blocks = [];
     seq.computed = 0;
+    seq.draft = undefined;
+    seq.kvMoves = [];
     seq.state = "waiting";
     seq.preemptions++;
     this.totalPreemptions++;
@@ -187,7 +194,13 @@ export class Scheduler {
     for (const seq of [...this.running]) {
       if (seq.state !== "running" || seq.computed !== seq.tokens.length - 1 || seq.computed < seq.promptLen) continue;
       if (tokens + 1 > this.cfg.maxStepTokens || rows + 1 > this.cfg.maxOutRows) break;
-      const need = this.blocksFor(seq.computed + 1) - seq.blocks.length;
+      // A draft rides along when the step has room for it (each draft token is a row and a logits row).
+      let count = 1 + (seq.draft?.tokens.length ?? 0);
+      if (count > 1 && (tokens + count > this.cfg.maxStepTokens || rows + count > this.cfg.maxOutRows)) {
+        seq.draft = undefined;
+        count = 1;
+      }
+      const need = this.blocksFor(seq.computed + count) - seq.blocks.length;
       while (need > 0 && this.blocks.freeCount < need) {
         const victim = [...this.running].reverse().find((s) => !inStep.has(s));
         if (!victim) break;
@@ -201,10 +214,10 @@ export class Scheduler {
         if (!got) continue; // every other sequence is already in this step: wait for the next one
         seq.blocks.push(...got);
       }
-      entries.push({ seq, start: seq.computed, count: 1, sample: true, promptRows: 0 });
+      entries.push({ seq, start: seq.computed, count, sample: true, promptRows: 0 });
       inStep.add(seq);
-      tokens++;
-      rows++;
+      tokens += count;
+      rows += count;
     }
 
     // 2. Prefill chunks: running sequences mid-prefill first, then admissions from the waiting queue.
@@ -272,7 +285,7 @@ export class Scheduler {
       entries,
       stats: {
         batchSize: entries.length,
-        decodeTokens: entries.filter((e) => e.count === 1 && e.start >= e.seq.promptLen).length,
+        decodeTokens: entries.filter((e) => e.start >= e.seq.promptLen).length,
         prefillTokens: prefill,
         waiting: this.waiting.length,
         running: this.running.length,
@@ -284,17 +297,22 @@ export class Scheduler {
   }
 
   /**
-   * Records a finished step: computed advances, sampled tokens are appended by the caller beforehand via
-   * `sampled`. A sequence index 0 that just finished prefilling its prompt releases its children onto the
-   * shared prompt blocks (all but the block holding the last prompt token, which each child recomputes).
+   * Records a finished step: each sequence's new tokens (sampled, or accepted speculative ones plus the bonus)
+   * and how far its KV cache now reaches (default start+count). Blocks past what the next step needs go back.
+   * A sequence index 0 that just prefilled its prompt releases its children onto the shared prompt blocks.
    */
-  commit(entries: BatchEntry[], sampled: Map<Sequence, number>): void {
+  commit(entries: BatchEntry[], results: Map<Sequence, { tokens: number[]; computed?: number }>): void {
     for (const e of entries) {
       const seq = e.seq;
       if (seq.state !== "running") continue;
-      seq.computed = e.start + e.count;
-      const tok = sampled.get(seq);
-      if (tok !== undefined) seq.tokens.push(tok);
+      const r = results.get(seq);
+      seq.computed = r?.computed ?? e.start + e.count;
+      if (r) seq.tokens.push(...r.tokens);
+      const moveEnd = seq.kvMoves.reduce((m, [from]) => Math.max(m, from + 1), 0);
+      // Slots still needed: every token not yet in the cache (prompt left to prefill, the new token) and the
+      // sources of pending KV moves; blocks past them held rejected speculative tokens.
+      const keep = this.blocksFor(Math.max(seq.tokens.length, moveEnd));
+      if (seq.blocks.length > keep) this.blocks.release(seq.blocks.splice(keep));
       if (seq.computed >= seq.promptLen && seq.children.length > 0) this.fork(seq);
     }
   }

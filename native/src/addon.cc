@@ -97,7 +97,8 @@ class StepWorker : public Napi::AsyncWorker {
 
   // Copies of the inputs: the step runs after JavaScript has moved on.
   std::vector<int32_t> tokens, positions, kv_index, seq, adapter, tree_base, bt_offsets, bt, out_rows, row_i, pen_ids,
-      pen_counts;
+      pen_counts, kv_moves, groups, group_parents;
+  int medusa_k = 1;
   std::vector<uint64_t> tree_mask, row_seed;
   std::vector<float> row_f;
   std::vector<uint32_t> masks;
@@ -129,6 +130,15 @@ class StepWorker : public Napi::AsyncWorker {
     o.Set("topLogprobs", to_js<float, Napi::Float32Array>(env, out_.top_logprobs));
     if (want_logits) o.Set("logits", to_js<float, Napi::Float32Array>(env, out_.logits));
     if (want_hidden) o.Set("hidden", to_js<float, Napi::Float32Array>(env, out_.hidden));
+    o.Set("maxNodes", Napi::Number::New(env, out_.max_nodes));
+    o.Set("accepted", to_js<int32_t, Napi::Int32Array>(env, out_.accepted));
+    o.Set("path", to_js<int32_t, Napi::Int32Array>(env, out_.path));
+    o.Set("pathLogprobs", to_js<float, Napi::Float32Array>(env, out_.path_logprobs));
+    o.Set("bonus", to_js<int32_t, Napi::Int32Array>(env, out_.bonus));
+    o.Set("bonusLogprobs", to_js<float, Napi::Float32Array>(env, out_.bonus_logprobs));
+    o.Set("lastRow", to_js<int32_t, Napi::Int32Array>(env, out_.last_row));
+    o.Set("medusaHeads", Napi::Number::New(env, out_.medusa_heads));
+    o.Set("medusaIds", to_js<int32_t, Napi::Int32Array>(env, out_.medusa_ids));
     o.Set("micros", Napi::Number::New(env, micros_));
     deferred_.Resolve(o);
   }
@@ -212,6 +222,22 @@ class StepWorker : public Napi::AsyncWorker {
                                std::to_string(sr.temperature) + ", top_p " + std::to_string(sr.top_p) + ", typical_p " +
                                std::to_string(sr.typical_p) + ", repetition_penalty " + std::to_string(sr.repetition_penalty) + ")");
     }
+    if (kv_moves.size() % 3 != 0) return Status::Invalid("'kvMoves' must hold (sequence, from, to) triples");
+    in.kv_moves = kv_moves.data();
+    in.n_moves = int(kv_moves.size() / 3);
+    if (groups.size() % 3 != 0) return Status::Invalid("'groups' must hold (first row, nodes, medusa set) triples");
+    size_t po = 0;
+    for (size_t g = 0; g < groups.size() / 3; g++) {
+      lx::StepInput::Group gr;
+      gr.first = groups[g * 3];
+      gr.n = groups[g * 3 + 1];
+      gr.medusa = groups[g * 3 + 2];
+      if (gr.n < 1 || po + size_t(gr.n) > group_parents.size()) return Status::Invalid("'groupParents' is shorter than the groups' nodes");
+      gr.parent = group_parents.data() + po;
+      po += size_t(gr.n);
+      in.groups.push_back(gr);
+    }
+    in.medusa_k = medusa_k;
     Status s = model->step(in, &out_);
     micros_ = double(std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count());
     return s;
@@ -254,6 +280,10 @@ Napi::Value Step(const Napi::CallbackInfo& info) {
     w->pen_counts = I32(o, "penCounts", true);
     w->masks = copy_array<uint32_t, Napi::Uint32Array>(env, o.Get("masks"), "masks", true);
     w->n_top = std::max(0, std::min(get_int(o, "nTop", 0), 64));
+    w->kv_moves = I32(o, "kvMoves", true);
+    w->groups = I32(o, "groups", true);
+    w->group_parents = I32(o, "groupParents", true);
+    w->medusa_k = std::max(1, std::min(get_int(o, "medusaK", 1), 16));
     w->want_logits = get_bool(o, "wantLogits", false);
     w->want_hidden = get_bool(o, "wantHidden", false);
   } catch (...) {
@@ -365,6 +395,30 @@ Napi::Value LoraLoad(const Napi::CallbackInfo& info) {
   return p;
 }
 
+// medusaLoad(slot, {heads, ownLmHead, w: Float32Array [heads,H,H], b: [heads,H], lm?: [heads,V,H]}) — copies.
+Napi::Value MedusaLoad(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto h = handle_of(info);
+  if (!info[0].IsNumber() || !info[1].IsObject()) throw_invalid(env, "medusaLoad(slot, heads): bad arguments");
+  Napi::Object o = info[1].As<Napi::Object>();
+  lx::MedusaIn mi;
+  mi.heads = get_int(o, "heads", 0);
+  mi.own_lm_head = get_bool(o, "ownLmHead", false);
+  const auto& c = h->model->config();
+  const size_t H = size_t(c.hidden), V = size_t(c.vocab), n = size_t(std::max(0, mi.heads));
+  auto w = F32(o, "w", false), b = F32(o, "b", false), lm = F32(o, "lm", !mi.own_lm_head);
+  if (w.size() != n * H * H || b.size() != n * H || (mi.own_lm_head && lm.size() != n * V * H))
+    throw_invalid(env, "Medusa heads: expected w [" + std::to_string(n) + "," + std::to_string(H) + "," + std::to_string(H) + "], b [" +
+                           std::to_string(n) + "," + std::to_string(H) + "]" + (mi.own_lm_head ? ", lm [" + std::to_string(n) + "," + std::to_string(V) + "," + std::to_string(H) + "]" : "") +
+                           "; got " + std::to_string(w.size()) + ", " + std::to_string(b.size()) + " floats (hidden size of another model?)");
+  mi.w = w.data();
+  mi.b = b.data();
+  mi.lm = lm.empty() ? nullptr : lm.data();
+  Status s = h->model->medusa_load(info[0].As<Napi::Number>().Int32Value(), mi);
+  if (!s.ok()) throw make_error(env, s);
+  return env.Undefined();
+}
+
 Napi::Value LoraFree(const Napi::CallbackInfo& info) {
   auto h = handle_of(info);
   Status s = h->model->lora_free(info[0].As<Napi::Number>().Int32Value());
@@ -391,6 +445,7 @@ void LoadWorker::OnOK() {
   o.Set("info", Napi::Function::New(env, Info, "info", hp));
   o.Set("loraLoad", Napi::Function::New(env, LoraLoad, "loraLoad", hp));
   o.Set("loraFree", Napi::Function::New(env, LoraFree, "loraFree", hp));
+  o.Set("medusaLoad", Napi::Function::New(env, MedusaLoad, "medusaLoad", hp));
   o.Set("close", Napi::Function::New(env, Close, "close", hp));
   o.AddFinalizer([](Napi::Env, std::shared_ptr<Handle>* p) { delete p; }, hp);
   deferred_.Resolve(o);

@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <cmath>
 #include <map>
+#include <numeric>
 
 namespace lx {
 
@@ -266,6 +267,64 @@ Status Model::lora_free(int slot) {
   return Status::Ok();
 }
 
+Status Model::medusa_load(int slot, const MedusaIn& mi) {
+  const int64_t H = cfg_.hidden, V = cfg_.vocab;
+  if (slot < 0 || slot > 64) return Status::Invalid("Medusa slot " + std::to_string(slot) + " out of range [0, 64]");
+  if (mi.heads <= 0 || mi.heads > 16) return Status::Invalid("Medusa head count " + std::to_string(mi.heads) + " outside [1, 16]");
+  MedusaSet s;
+  try {
+    s.heads = mi.heads;
+    s.own_lm_head = mi.own_lm_head;
+    s.w.assign(mi.w, mi.w + size_t(mi.heads) * H * H);
+    s.b.assign(mi.b, mi.b + size_t(mi.heads) * H);
+    if (mi.own_lm_head) s.lm.assign(mi.lm, mi.lm + size_t(mi.heads) * V * H);
+  } catch (const std::bad_alloc&) {
+    return Status::NoMem("cannot allocate Medusa heads");
+  }
+  if (size_t(slot) >= medusa_.size()) medusa_.resize(slot + 1);
+  medusa_[slot] = std::move(s);
+  return Status::Ok();
+}
+
+// Drafts for the next step: for each group with a Medusa set, head h's top-k tokens at the hidden state of
+// the row that produced the group's last token: state = x + silu(W_h x + b_h), logits = lm_head(state).
+void Model::medusa_draft(const StepInput& in, StepOutput* out) {
+  const int G = int(in.groups.size()), H = cfg_.hidden, V = cfg_.vocab, K = std::max(1, in.medusa_k);
+  int heads = 0;
+  for (const auto& g : in.groups)
+    if (g.medusa >= 0) heads = std::max(heads, medusa_[g.medusa].heads);
+  out->medusa_heads = heads;
+  out->medusa_ids.assign(size_t(G) * heads * K, -1);
+  if (heads == 0) return;
+  std::vector<float> x, t, z, logits;
+  std::vector<int32_t> idx;
+  for (int g = 0; g < G; g++) {
+    const auto& gr = in.groups[g];
+    if (gr.medusa < 0) continue;
+    const MedusaSet& ms = medusa_[gr.medusa];
+    x.assign(xo_.begin() + size_t(out->last_row[g]) * H, xo_.begin() + size_t(out->last_row[g] + 1) * H);
+    t.resize(H);
+    z.resize(size_t(ms.heads) * H);
+    for (int h = 0; h < ms.heads; h++) {
+      be_->linear(x.data(), 1, Mat{ms.w.data() + size_t(h) * H * H, DType::F32, H, H}, ms.b.data() + size_t(h) * H, t.data(), false);
+      for (int i = 0; i < H; i++) z[size_t(h) * H + i] = x[i] + t[i] / (1.f + std::exp(-t[i]));
+    }
+    logits.resize(size_t(ms.heads) * V);
+    if (ms.own_lm_head)
+      for (int h = 0; h < ms.heads; h++)
+        be_->linear(z.data() + size_t(h) * H, 1, Mat{ms.lm.data() + size_t(h) * V * H, DType::F32, V, H}, nullptr, logits.data() + size_t(h) * V, false);
+    else
+      be_->linear(z.data(), ms.heads, lm_head_, nullptr, logits.data(), false);
+    for (int h = 0; h < ms.heads; h++) {
+      const float* l = logits.data() + size_t(h) * V;
+      idx.resize(V);
+      std::iota(idx.begin(), idx.end(), 0);
+      std::partial_sort(idx.begin(), idx.begin() + K, idx.end(), [l](int32_t a, int32_t b) { return l[a] > l[b] || (l[a] == l[b] && a < b); });
+      for (int k = 0; k < K; k++) out->medusa_ids[(size_t(g) * heads + h) * K + k] = idx[k];
+    }
+  }
+}
+
 size_t Model::lora_bytes(int slot) const {
   return slot >= 0 && slot < int(lora_.size()) ? lora_[slot].storage.size() * sizeof(float) : 0;
 }
@@ -306,7 +365,7 @@ Status Model::step(StepInput& in, StepOutput* out) {
     if (ki < 0 || ki / bs >= n_blocks)
       return Status::Invalid("row " + std::to_string(t) + " writes KV index " + std::to_string(ki) + " but its sequence holds " +
                              std::to_string(n_blocks) + " blocks of " + std::to_string(bs));
-    if (in.tree_base && in.tree_base[t] > ki) return Status::Invalid("tree base beyond the KV index at row " + std::to_string(t));
+    if (in.tree_base && in.tree_base[t] > ki + 1) return Status::Invalid("tree base beyond the KV index at row " + std::to_string(t));
     kv_idx[t] = ki;
     kv_len[t] = ki + 1;
     tables[t] = in.bt + in.bt_offsets[s];
@@ -320,6 +379,18 @@ Status Model::step(StepInput& in, StepOutput* out) {
         return Status::Invalid("block id " + std::to_string(in.bt[i]) + " out of range [0, " + std::to_string(kv_blocks_) + ")");
   for (int r = 0; r < R; r++)
     if (in.out_rows[r] < 0 || in.out_rows[r] >= T) return Status::Invalid("output row " + std::to_string(in.out_rows[r]) + " out of range");
+  for (int i = 0; i < in.n_moves; i++) {
+    const int s = in.kv_moves[i * 3], f = in.kv_moves[i * 3 + 1], d = in.kv_moves[i * 3 + 2];
+    if (s < 0 || s >= in.S) return Status::Invalid("KV move names sequence " + std::to_string(s));
+    const int nb = in.bt_offsets[s + 1] - in.bt_offsets[s];
+    if (f < 0 || d < 0 || f / bs >= nb || d / bs >= nb) return Status::Invalid("KV move " + std::to_string(f) + " → " + std::to_string(d) + " is outside its sequence's blocks");
+  }
+  for (const auto& g : in.groups) {
+    if (g.first < 0 || g.n < 1 || g.first + g.n > R) return Status::Invalid("sampling group [" + std::to_string(g.first) + ", +" + std::to_string(g.n) + ") is outside the output rows");
+    if (g.medusa >= int(medusa_.size()) || (g.medusa >= 0 && medusa_[g.medusa].heads == 0)) return Status::Invalid("sampling group names Medusa set " + std::to_string(g.medusa) + ", which is not loaded");
+    for (int i = 1; i < g.n; i++)
+      if (!g.parent || g.parent[i] < 0 || g.parent[i] >= i) return Status::Invalid("speculative node " + std::to_string(i) + " has a bad parent (must be an earlier node)");
+  }
 
   auto group_slots = [&](int n, auto slot_of) {
     active_slots_.clear();
@@ -348,6 +419,18 @@ Status Model::step(StepInput& in, StepOutput* out) {
 
   const int KD = c.n_kv * c.head_dim;
   const size_t per_layer = size_t(kv_blocks_) * c.n_kv * bs * c.head_dim;
+  // KV moves first (compaction of accepted speculative tokens): they read slots this step may overwrite.
+  for (int i = 0; i < in.n_moves; i++) {
+    const int32_t* tbl = in.bt + in.bt_offsets[in.kv_moves[i * 3]];
+    const int f = in.kv_moves[i * 3 + 1], d = in.kv_moves[i * 3 + 2];
+    for (int l = 0; l < c.n_layers; l++)
+      for (int part = 0; part < 2; part++) {
+        float* base = kv_.data() + per_layer * (2 * l + part);
+        for (int h = 0; h < c.n_kv; h++)
+          std::copy_n(base + ((size_t(tbl[f / bs]) * c.n_kv + h) * bs + f % bs) * c.head_dim, c.head_dim,
+                      base + ((size_t(tbl[d / bs]) * c.n_kv + h) * bs + d % bs) * c.head_dim);
+      }
+  }
   AttnArgs aa;
   aa.T = T;
   aa.n_heads = c.n_heads;
@@ -381,7 +464,8 @@ Status Model::step(StepInput& in, StepOutput* out) {
       }
     }
     const int w = c.window[l];
-    for (int t = 0; t < T; t++) kv_begin[t] = w > 0 ? std::max(0, kv_len[t] - w) : 0;
+    // The window counts positions (speculative rows sit at later KV slots than their positions).
+    for (int t = 0; t < T; t++) kv_begin[t] = w > 0 ? std::max(0, std::min(kv_len[t], in.positions[t] + 1) - w) : 0;
     aa.k_cache = kc;
     aa.v_cache = vc;
     be_->attention(aa, q_.data(), att_.data());
@@ -408,13 +492,19 @@ Status Model::step(StepInput& in, StepOutput* out) {
   if (in.want_logits) out->logits.assign(logits_.begin(), logits_.begin() + size_t(R) * c.vocab);
 
   const int V = c.vocab;
+  for (int r = 0; r < R; r++) in.rows[r].logits = logits_.data() + size_t(r) * V;
+  // Rows of speculative trees are sampled by their group's verification, the others one by one.
+  std::vector<char> in_tree(R, 0);
+  for (const auto& g : in.groups)
+    if (g.n > 1)
+      for (int i = 0; i < g.n; i++) in_tree[g.first + i] = 1;
   be_->parallel_for(R, [&](int64_t r0, int64_t r1) {
     thread_local std::vector<float> work;
     thread_local std::vector<int32_t> idx;
     for (int64_t r = r0; r < r1; r++) {
-      SampleRow& sr = in.rows[r];
-      sr.logits = logits_.data() + size_t(r) * V;
+      SampleRow sr = in.rows[r];
       sr.n_top = std::min(sr.n_top, in.n_top);
+      if (in_tree[r]) sr.sample = false;  // logprobs and alternatives only
       SampleOut so;
       so.top_ids = out->top_ids.data() + size_t(r) * in.n_top;
       so.top_logprobs = out->top_logprobs.data() + size_t(r) * in.n_top;
@@ -424,6 +514,45 @@ Status Model::step(StepInput& in, StepOutput* out) {
       out->target_logprobs[r] = so.target_logprob;
     }
   });
+  const int G = int(in.groups.size());
+  int max_nodes = 0;
+  for (const auto& g : in.groups) max_nodes = std::max(max_nodes, g.n - 1);
+  out->max_nodes = max_nodes;
+  out->accepted.assign(G, 0);
+  out->path.assign(size_t(G) * max_nodes, -1);
+  out->path_logprobs.assign(size_t(G) * max_nodes, 0.f);
+  out->bonus.assign(G, -1);
+  out->bonus_logprobs.assign(G, 0.f);
+  out->last_row.assign(G, -1);
+  be_->parallel_for(G, [&](int64_t g0, int64_t g1) {
+    thread_local std::vector<float> work;
+    thread_local std::vector<int32_t> idx;
+    std::vector<int32_t> rows, toks;
+    for (int64_t g = g0; g < g1; g++) {
+      const auto& gr = in.groups[g];
+      if (gr.n == 1) {
+        out->bonus[g] = out->tokens[gr.first];
+        out->bonus_logprobs[g] = out->logprobs[gr.first];
+        out->last_row[g] = gr.first;
+        continue;
+      }
+      rows.resize(gr.n);
+      toks.resize(gr.n);
+      for (int i = 0; i < gr.n; i++) rows[i] = gr.first + i, toks[i] = in.tokens[in.out_rows[gr.first + i]];
+      SpecTree t{gr.n, rows.data(), toks.data(), gr.parent};
+      SpecResult res;
+      verify_tree(*be_, in.rows, V, reference_, t, work, idx, res);
+      out->accepted[g] = int(res.path.size());
+      for (size_t i = 0; i < res.path.size(); i++) {
+        out->path[size_t(g) * max_nodes + i] = res.path[i];
+        out->path_logprobs[size_t(g) * max_nodes + i] = res.logprobs[i];
+      }
+      out->bonus[g] = res.bonus;
+      out->bonus_logprobs[g] = res.bonus_logprob;
+      out->last_row[g] = res.last_row;
+    }
+  });
+  medusa_draft(in, out);
   return Status::Ok();
 }
 

@@ -60,7 +60,17 @@ struct StepInput {
   std::vector<SampleRow> rows;        // [R] sampling settings (logits pointers filled by the model)
   int n_top = 0;                      // top alternatives per row in the output
   bool want_logits = false;
-  bool want_hidden = false;           // final-normed hidden states of out rows (Medusa drafts)
+  bool want_hidden = false;           // final-normed hidden states of out rows
+  const int32_t* kv_moves = nullptr;  // [n_moves, 3]: (sequence, from KV index, to KV index), applied first
+  int n_moves = 0;
+  // Sampling groups: every sampled row belongs to one. A group of n > 1 is a speculative tree over out rows
+  // [first, first+n) (node 0 the root) verified together; medusa >= 0 drafts the next tree with that set.
+  struct Group {
+    int first = 0, n = 1, medusa = -1;
+    const int32_t* parent = nullptr;  // [n]
+  };
+  std::vector<Group> groups;
+  int medusa_k = 1;  // candidates per head
 };
 
 struct StepOutput {
@@ -71,6 +81,24 @@ struct StepOutput {
   std::vector<float> top_logprobs;    // [R, n_top]
   std::vector<float> logits;          // [R, vocab] when asked
   std::vector<float> hidden;          // [R, hidden] when asked
+  // Per group (see StepInput::Group); max_nodes = the largest group's n - 1.
+  int max_nodes = 0;
+  std::vector<int32_t> accepted;      // [G] nodes accepted (0 for plain rows)
+  std::vector<int32_t> path;          // [G, max_nodes] accepted node indices
+  std::vector<float> path_logprobs;   // [G, max_nodes]
+  std::vector<int32_t> bonus;         // [G] the next token (plain rows: the sampled token)
+  std::vector<float> bonus_logprobs;  // [G]
+  std::vector<int32_t> last_row;      // [G] out row the bonus came from
+  int medusa_heads = 0;               // largest head count used this step
+  std::vector<int32_t> medusa_ids;    // [G, medusa_heads, medusa_k], -1 where none
+};
+
+struct MedusaIn {
+  int heads = 0;
+  bool own_lm_head = false;   // version 1: each head has its own output projection
+  const float* w = nullptr;   // [heads, hidden, hidden]
+  const float* b = nullptr;   // [heads, hidden]
+  const float* lm = nullptr;  // [heads, vocab, hidden] when own_lm_head
 };
 
 struct LoraModuleIn {
@@ -89,6 +117,7 @@ class Model {
   Status step(StepInput& in, StepOutput* out);
 
   Status lora_load(int slot, const std::vector<LoraModuleIn>& modules);
+  Status medusa_load(int slot, const MedusaIn& m);
   Status lora_free(int slot);
   size_t lora_bytes(int slot) const;
 
@@ -137,6 +166,13 @@ class Model {
   std::vector<float> kv_;  // per layer: K [n_blocks, n_kv, bs, hd] then V, layers back to back
   int max_T_ = 0, max_R_ = 0;
   std::vector<float> x_, xb_, q_, k_, v_, att_, gate_, up_, cos_, sin_, xo_, logits_;
+  struct MedusaSet {
+    int heads = 0;
+    bool own_lm_head = false;
+    std::vector<float> w, b, lm;
+  };
+  std::vector<MedusaSet> medusa_;  // slots, grown on load
+  void medusa_draft(const StepInput& in, StepOutput* out);
   std::vector<LoraSlot> lora_;
   int lora_max_rank_ = 0;
   std::vector<std::vector<int32_t>> slot_tokens_;  // per step: tokens of each active slot

@@ -36,20 +36,13 @@ void top_n(const float* v, int V, int n, bool reference, std::vector<int32_t>& i
 
 }  // namespace
 
-void sample_row(Backend& be, const SampleRow& r, int V, bool reference, std::vector<float>& work, std::vector<int32_t>& idx,
-                SampleOut& out) {
-  const double lz = be.logsumexp(r.logits, V);
-  auto raw_lp = [&](int id) { return float(double(r.logits[id]) - lz); };
-  if (r.n_top > 0) {
-    int n = std::min(r.n_top, V);
-    top_n(r.logits, V, n, reference, idx);
-    for (int i = 0; i < n; i++) out.top_ids[i] = idx[i], out.top_logprobs[i] = raw_lp(idx[i]);
-  }
-  if (r.target >= 0 && r.target < V) out.target_logprob = raw_lp(r.target);
-  out.token = -1;
-  if (!r.sample) return;
+namespace {
 
-  // Processed logits.
+// The processed distribution of a row: penalties → mask → (greedy: argmax) → temperature → filters. Returns the
+// greedy token, or -1 when sampling: then `idx` holds the kept tokens in id order, `work[id]` their
+// probabilities (not renormalised), and the return of `kept_mass` their sum.
+int processed(Backend& be, const SampleRow& r, int V, bool reference, std::vector<float>& work, std::vector<int32_t>& idx,
+              double* kept_mass) {
   work.assign(r.logits, r.logits + V);
   for (int i = 0; i < r.n_pen; i++) {
     int id = r.pen_ids[i];
@@ -62,18 +55,13 @@ void sample_row(Backend& be, const SampleRow& r, int V, bool reference, std::vec
     for (int i = 0; i < V; i++)
       if (!allowed(r.mask, i)) work[i] = -INFINITY;
 
-  const bool greedy = !r.do_sample || r.temperature <= 1e-5f || r.top_k == 1;
-  if (greedy) {
+  if (!r.do_sample || r.temperature <= 1e-5f || r.top_k == 1) {
     int best = -1;
     for (int i = 0; i < V; i++)
       if (work[i] != -INFINITY && (best < 0 || work[i] > work[best])) best = i;
-    if (best < 0) best = 0;  // every token masked: the caller's grammar is broken; pick something valid
-    out.token = best;
-    out.logprob = raw_lp(best);
-    return;
+    return best < 0 ? 0 : best;  // every token masked: the caller's grammar is broken; pick something valid
   }
 
-  // Probabilities of the processed, tempered logits (double for the reference, float for fast).
   float m = -INFINITY;
   for (int i = 0; i < V; i++) m = std::max(m, work[i]);
   const float inv_t = 1.f / r.temperature;
@@ -88,11 +76,11 @@ void sample_row(Backend& be, const SampleRow& r, int V, bool reference, std::vec
   }
 
   // The kept set: the first `keep` tokens in (p desc, id asc) order.
-  int keep = V;
   const bool need_order = r.top_k > 0 || r.top_p < 1.f || r.min_p > 0.f;
   if (need_order) {
     int k = r.top_k > 0 ? std::min(r.top_k, V) : V;
     int probe = (reference || r.top_p >= 1.f) ? k : std::min(k, 64);
+    int keep;
     for (;;) {
       top_n(work.data(), V, probe, reference, idx);
       int n = probe;
@@ -106,12 +94,11 @@ void sample_row(Backend& be, const SampleRow& r, int V, bool reference, std::vec
             break;
           }
         }
-        if (cut < n || probe >= k) {
-          n = cut;
-        } else {
+        if (cut == n && probe < k) {
           probe = std::min(k, probe * 4);
           continue;
         }
+        n = cut;
       }
       if (r.min_p > 0.f) {
         float thr = r.min_p * work[idx[0]];
@@ -127,7 +114,7 @@ void sample_row(Backend& be, const SampleRow& r, int V, bool reference, std::vec
     idx.resize(V);
     std::iota(idx.begin(), idx.end(), 0);
   }
-  bool by_id = !need_order;  // idx is already in id order
+  bool by_id = !need_order;
   if (r.typical_p < 1.f) {
     // Typical sampling: order the kept tokens by |−log p − H| and keep the smallest prefix of mass typical_p.
     double H = 0, mass = 0;
@@ -153,20 +140,97 @@ void sample_row(Backend& be, const SampleRow& r, int V, bool reference, std::vec
     idx.swap(by_shift);
     by_id = false;
   }
-  if (!by_id) std::sort(idx.begin(), idx.end());  // draw in id order
+  if (!by_id) std::sort(idx.begin(), idx.end());
   double total = 0;
   for (int32_t id : idx) total += work[id];
-  double u = rng_uniform(r.seed, r.step) * total, c = 0;
-  int32_t tok = idx.back();
+  *kept_mass = total;
+  return -1;
+}
+
+// Draws from the kept set (id order) with u in [0, 1) scaled to `mass`; tokens in `removed` count as zero.
+int32_t draw(const std::vector<float>& work, const std::vector<int32_t>& idx, double u, double mass,
+             const std::vector<int32_t>& removed) {
+  double target = u * mass, c = 0;
+  int32_t last = -1;
   for (int32_t id : idx) {
+    if (std::find(removed.begin(), removed.end(), id) != removed.end()) continue;
+    last = id;
     c += work[id];
-    if (u < c) {
-      tok = id;
-      break;
-    }
+    if (target < c) return id;
   }
-  out.token = tok;
-  out.logprob = raw_lp(tok);
+  return last < 0 ? idx.back() : last;
+}
+
+bool in_kept(const std::vector<int32_t>& idx, int32_t id) { return std::binary_search(idx.begin(), idx.end(), id); }
+
+}  // namespace
+
+void sample_row(Backend& be, const SampleRow& r, int V, bool reference, std::vector<float>& work, std::vector<int32_t>& idx,
+                SampleOut& out) {
+  const double lz = be.logsumexp(r.logits, V);
+  auto raw_lp = [&](int id) { return float(double(r.logits[id]) - lz); };
+  if (r.n_top > 0) {
+    int n = std::min(r.n_top, V);
+    top_n(r.logits, V, n, reference, idx);
+    for (int i = 0; i < n; i++) out.top_ids[i] = idx[i], out.top_logprobs[i] = raw_lp(idx[i]);
+  }
+  if (r.target >= 0 && r.target < V) out.target_logprob = raw_lp(r.target);
+  out.token = -1;
+  if (!r.sample) return;
+  double mass = 0;
+  int greedy = processed(be, r, V, reference, work, idx, &mass);
+  out.token = greedy >= 0 ? greedy : draw(work, idx, rng_uniform(r.seed, r.step), mass, {});
+  out.logprob = raw_lp(out.token);
+}
+
+void verify_tree(Backend& be, const std::vector<SampleRow>& rows, int V, bool reference, const SpecTree& t,
+                 std::vector<float>& work, std::vector<int32_t>& idx, SpecResult& res) {
+  res.path.clear();
+  res.logprobs.clear();
+  int cur = 0, depth = 0;
+  std::vector<int32_t> children, removed;
+  for (;;) {
+    const SampleRow& r = rows[t.rows[cur]];
+    SampleRow rr = r;
+    rr.step = r.step + uint64_t(depth);
+    const double lz = be.logsumexp(r.logits, V);
+    double mass = 0;
+    int greedy = processed(be, rr, V, reference, work, idx, &mass);
+    children.clear();
+    for (int i = 1; i < t.n; i++)
+      if (t.parent[i] == cur) children.push_back(i);
+    int next = -1;
+    removed.clear();
+    if (greedy >= 0) {
+      for (int c : children)
+        if (t.tokens[c] == greedy) next = c;
+      if (next < 0) res.bonus = greedy;
+    } else {
+      // Deterministic candidates, checked in order: accept c with probability p(c) / remaining mass, else
+      // remove it from p. This is sampling from p itself, so the output distribution is exactly p.
+      for (size_t k = 0; k < children.size() && next < 0; k++) {
+        const int32_t tok = t.tokens[children[k]];
+        if (!in_kept(idx, tok) || std::find(removed.begin(), removed.end(), tok) != removed.end()) continue;
+        const double pc = work[tok];
+        const double u = rng_uniform(rr.seed ^ (0xD1B54A32D192ED03ull * (k + 1)), rr.step);
+        if (u * mass < pc) next = children[k];
+        else {
+          mass -= pc;
+          removed.push_back(tok);
+        }
+      }
+      if (next < 0) res.bonus = mass > 0 ? draw(work, idx, rng_uniform(rr.seed, rr.step), mass, removed) : idx.back();
+    }
+    if (next < 0) {
+      res.bonus_logprob = float(double(r.logits[res.bonus]) - lz);
+      res.last_row = t.rows[cur];
+      return;
+    }
+    res.path.push_back(next);
+    res.logprobs.push_back(float(double(r.logits[t.tokens[next]]) - lz));
+    cur = next;
+    depth++;
+  }
 }
 
 }  // namespace lx

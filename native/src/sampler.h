@@ -36,6 +36,29 @@ struct SampleOut {
 // The uniform draw in [0, 1) for (seed, step).
 double rng_uniform(uint64_t seed, uint64_t step);
 
+// A speculative tree to verify. Node 0 is the root (the last committed token); node i > 0 is a drafted token
+// whose parent is parent[i] (< i). rows[i] is the output row holding the logits that follow node i.
+struct SpecTree {
+  int n = 0;
+  const int32_t* rows = nullptr;    // [n]
+  const int32_t* tokens = nullptr;  // [n]
+  const int32_t* parent = nullptr;  // [n], parent[0] = -1
+};
+
+struct SpecResult {
+  std::vector<int32_t> path;    // accepted nodes, root excluded, in depth order
+  std::vector<float> logprobs;  // raw logprob of each accepted token under its parent's row
+  int32_t bonus = -1;           // the token after the last accepted node
+  float bonus_logprob = 0.f;
+  int32_t last_row = -1;        // the row that produced the bonus token
+};
+
+// Walks the tree from the root: at each node the processed distribution decides (greedy: the argmax must be a
+// child; sampling: children are accepted by exact rejection, the residual gives the bonus token). The output
+// has the distribution of non-speculative sampling. Row settings' `step` is the root's; depth is added.
+void verify_tree(Backend& be, const std::vector<SampleRow>& rows, int V, bool reference, const SpecTree& t,
+                 std::vector<float>& work, std::vector<int32_t>& idx, SpecResult& res);
+
 // reference=true: full sorts and double-precision softmax (the yardstick); false: partial selection and the
 // backend's softmax.
 void sample_row(Backend& be, const SampleRow& r, int V, bool reference, std::vector<float>& work, std::vector<int32_t>& idx,

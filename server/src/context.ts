@@ -21,6 +21,8 @@ export interface ServerContext {
   ready: boolean;
   /** LORAX_USE_GLOBAL_HF_TOKEN and the server's own Hub token (SPEC §3). */
   globalToken: { useGlobalHfToken: boolean; serverToken: string | undefined };
+  /** --adapter-id is a Medusa adapter (speculation for everyone), not a default LoRA. */
+  defaultIsMedusa: boolean;
 }
 
 /** One adapter by id for a request: source resolved (SPEC §5) and token picked (SPEC §3). */
@@ -50,7 +52,7 @@ export function adapterFromModel(ctx: ServerContext, req: Request, model: string
 /** The server's --adapter-id, for requests that name no adapter. */
 export function defaultAdapter(ctx: ServerContext, req: Request, bodyToken: string | null | undefined): AdapterRequest | undefined {
   const id = ctx.config.adapterId;
-  return id ? adapterById(ctx, req, id, undefined, bodyToken) : undefined;
+  return id && !ctx.defaultIsMedusa ? adapterById(ctx, req, id, undefined, bodyToken) : undefined;
 }
 
 export function checkStops(ctx: ServerContext, stop: string[]): string[] {

@@ -38,6 +38,7 @@ export async function startServer(config: ServerConfig, logger = makeLogger(conf
     dtype: config.dtype === "float32" ? "F32" : config.dtype === "bfloat16" ? "BF16" : config.dtype === "float16" ? "F16" : undefined,
     loraSlots: config.maxActiveAdapters,
     loraMaxRank: config.loraMaxRank,
+    speculativeTokens: config.speculativeTokens,
   });
   const info = engine.backend.info();
   logger.info({ model: modelDir, backend: info.backend, threads: info.threads, weightMB: Math.round(info.weightBytes / 1e6), kvBlocks: info.kvBlocks, ms: Date.now() - t0 }, "model loaded");
@@ -55,10 +56,20 @@ export async function startServer(config: ServerConfig, logger = makeLogger(conf
     logger: logger.child({ part: "adapters" }),
     wake: () => engine.kick(),
     onTransition: (name, from, to) => metrics.adapterTransition(name, from, to),
+    medusaHeads: () => engine.medusaHeads,
   });
   engine.setAdapterProvider(registry);
   metrics.watch(engine, registry, config.maxActiveAdapters);
-  const ctx: ServerContext = { engine, config, metrics, logger, registry, modelId, ready: false, globalToken: globalTokenFromEnv(process.env) };
+  const ctx: ServerContext = { engine, config, metrics, logger, registry, modelId, ready: false, globalToken: globalTokenFromEnv(process.env), defaultIsMedusa: false };
+  if (config.adapterId) {
+    // A Medusa --adapter-id turns on speculation for every request; a LoRA one is the default adapter.
+    const source = resolveSource(config.adapterId, undefined, config.adapterSource);
+    const heads = await registry.loadDefaultMedusa(config.adapterId, source, source === "hub" ? ctx.globalToken.serverToken : undefined);
+    if (heads !== undefined) {
+      engine.setDefaultMedusa(0, heads);
+      ctx.defaultIsMedusa = true;
+    }
+  }
   for (const id of config.preloadedAdapterIds) {
     const source = resolveSource(id, undefined, config.adapterSource);
     await registry.register(id, id, source, source === "hub" ? ctx.globalToken.serverToken : undefined, true);

@@ -42,6 +42,10 @@ export class Metrics {
   /** vLLM's KV cache info metric (value 1): the endpoint picker's prefix-cache scorer reads block_size and num_gpu_blocks. */
   readonly cacheInfo = new client.Gauge({ name: "vllm:cache_config_info", help: "KV cache configuration", labelNames: ["block_size", "num_gpu_blocks"], registers: [this.registry] });
 
+  readonly specProposed = new client.Gauge({ name: "loraserve_speculative_tokens_proposed", help: "Draft tokens proposed since start (Medusa or prompt lookup)", registers: [this.registry] });
+  readonly specAccepted = new client.Gauge({ name: "loraserve_speculative_tokens_accepted", help: "Draft tokens accepted since start", registers: [this.registry] });
+  readonly specMeanAccepted = new client.Gauge({ name: "loraserve_speculative_mean_accepted_length", help: "Mean tokens emitted per verification step (accepted drafts + 1)", registers: [this.registry] });
+
   adapterTransition(_name: string, _from: string, to: string): void {
     this.adapterTransitions.inc({ to });
   }
@@ -83,6 +87,9 @@ export class Metrics {
     };
     engine.on("step", (e: StepEvent) => {
       this.adaptersActive.set(registry.activeCount);
+      this.specProposed.set(engine.specProposed);
+      this.specAccepted.set(engine.specAccepted);
+      if (engine.specSteps > 0) this.specMeanAccepted.set(1 + engine.specAccepted / engine.specSteps);
       this.adapterEvictions.set(registry.evictions);
       const s = e.stats;
       this.batchSize.set(s.batchSize);

@@ -121,6 +121,7 @@ export async function adapterEngine(model: string, opts: Partial<EngineOptions> 
   const registry = new AdapterRegistry({
     backend: engine.backend, sources, maxActive: opts.slots ?? 8, activeBudgetBytes: opts.budgetBytes ?? 1 << 30,
     hostBudgetBytes: 1 << 30, cycleTimeMs: opts.cycleMs ?? 200, maxMergeIds: 8, logger, wake: () => engine.kick(),
+    medusaHeads: () => engine.medusaHeads,
   });
   engine.setAdapterProvider(registry);
   return {

@@ -10,6 +10,7 @@ import type { Backend } from "../backend.js";
 import type { AdapterLease, AdapterProvider, AdapterRequest } from "../engine.js";
 import { AdapterIncompatibleError, NotFoundError, ValidationError } from "../errors.js";
 import type { AdapterGate, Sequence } from "../scheduler.js";
+import { isMedusaDir, readMedusa } from "./formats/medusa.js";
 import { readPeftAdapter } from "./formats/peft.js";
 import { mergeAdapters, mergeCacheKey, validateMergeParams, type MergeParams } from "./merge.js";
 import { SOURCE_NAMES, type AdapterSources, type SourceName } from "./sources/index.js";
@@ -39,6 +40,8 @@ export interface RegistryOptions {
   wake: () => void;
   /** Every state change (for metrics). */
   onTransition?: (name: string, from: AdapterState | "new", to: AdapterState | "removed") => void;
+  /** Head count of the server's default Medusa adapter, if any: request Medusa adapters must match it. */
+  medusaHeads?: () => number | undefined;
 }
 
 interface Entry {
@@ -67,6 +70,8 @@ interface Entry {
   served: boolean;
   loading?: Promise<void>;
   activating?: Promise<void>;
+  /** A Medusa head set instead of a LoRA: its native slot. */
+  medusa?: { slot: number; heads: number };
 }
 
 export interface AdapterInfo {
@@ -87,6 +92,7 @@ export class AdapterRegistry implements AdapterProvider {
   readonly shape: BaseModelShape;
   evictions = 0;
   activations = 0;
+  private nextMedusaSlot = 1; // slot 0 is the server's default set
 
   constructor(private readonly o: RegistryOptions) {
     this.slots = new Array(o.maxActive).fill(null);
@@ -109,8 +115,8 @@ export class AdapterRegistry implements AdapterProvider {
     const lease = await this.acquire({ id, source, token });
     try {
       this.named.set(name, { id, source });
-      const e = this.entries.get(lease.key)!;
-      if (pinned) {
+      const e = this.entries.get(keyOf(source, id))!;
+      if (pinned && !e.medusa) {
         e.pinned = true;
         await this.activate(e);
         if (e.state !== "active") throw new ValidationError(`adapter "${name}" cannot be pinned: every LoRA slot is pinned or busy (--max-active-adapters ${this.o.maxActive})`, "pinned");
@@ -165,12 +171,13 @@ export class AdapterRegistry implements AdapterProvider {
     return e;
   }
 
-  private lease(e: Entry): AdapterLease {
+  private lease(e: Entry): AdapterLease & { key: string | null } {
     e.leases++;
     e.lastUsed = Date.now();
     let released = false;
     return {
-      key: e.key,
+      key: e.medusa ? null : e.key,
+      medusa: e.medusa?.slot,
       chatTemplate: e.chatTemplate,
       release: () => {
         if (released) return;
@@ -186,6 +193,18 @@ export class AdapterRegistry implements AdapterProvider {
       const fetched = await this.o.sources.fetch(e.source as SourceName, e.id, token, signal);
       try {
         this.setState(e, "on_disk");
+        if (await isMedusaDir(fetched.dir)) {
+          const m = await readMedusa(fetched.dir, this.shape, e.name);
+          const want = this.o.medusaHeads?.();
+          if (m.version !== 2) throw new ValidationError(`Medusa adapter "${e.name}" is version 1 (own output projections): only version 2 heads can be chosen per request`, "adapter_id");
+          if (want !== undefined && m.heads !== want)
+            throw new ValidationError(`Medusa adapter "${e.name}" has ${m.heads} heads; this server speculates with ${want} (--adapter-id): use heads of the same count`, "adapter_id");
+          const slot = this.nextMedusaSlot++;
+          this.o.backend.medusaLoad(slot, { heads: m.heads, ownLmHead: false, w: m.w, b: m.b });
+          e.medusa = { slot, heads: m.heads };
+          this.setState(e, "active");
+          return;
+        }
         const w = await readPeftAdapter(fetched.dir, this.shape, { name: e.name });
         for (const warning of w.warnings) this.o.logger.warn({ adapter: e.name }, warning);
         e.weights = w;
@@ -214,18 +233,19 @@ export class AdapterRegistry implements AdapterProvider {
     // Every component is fetched with this request's token: access is checked per adapter.
     const parts = await Promise.all(m.ids.map((id) => this.acquire({ id, source: req.source, token: req.token }, signal)));
     try {
-      const key = `merge:${mergeCacheKey(parts.map((p) => p.key), params)}`;
+      if (parts.some((p) => p.key === null)) throw new ValidationError("merged_adapters can only merge LoRA adapters (a Medusa adapter was named)", "merged_adapters");
+      const key = `merge:${mergeCacheKey(parts.map((p) => p.key!), params)}`;
       let e = this.entries.get(key);
       if (!e) {
         e = this.newEntry(key, `merge(${m.ids.join(",")})`, "merge", key);
-        const weights = parts.map((p) => this.entries.get(p.key)!.weights!);
+        const weights = parts.map((p) => this.entries.get(p.key!)!.weights!);
         try {
           e.weights = mergeAdapters(weights, params, { maxIds: this.o.maxMergeIds, ids: m.ids });
         } catch (err) {
           this.entries.delete(key);
           throw err;
         }
-        e.chatTemplate = this.entries.get(parts[0].key)!.chatTemplate;
+        e.chatTemplate = this.entries.get(parts[0].key!)!.chatTemplate;
         this.setState(e, "in_memory");
         this.trimHost();
       }
@@ -389,6 +409,23 @@ export class AdapterRegistry implements AdapterProvider {
     e.state = to;
     this.o.logger.info({ adapter: e.name, from, to, slot: e.slot >= 0 ? e.slot : undefined }, "adapter state");
     this.o.onTransition?.(e.name, from, to);
+  }
+
+  /**
+   * The server's --adapter-id, when it is a Medusa adapter: loads it into the default slot 0 and returns its
+   * head count; undefined when it is a LoRA (then it is the default LoRA adapter).
+   */
+  async loadDefaultMedusa(id: string, source: SourceName, token: string | undefined): Promise<number | undefined> {
+    const fetched = await this.o.sources.fetch(source, id, token);
+    try {
+      if (!(await isMedusaDir(fetched.dir))) return undefined;
+      const m = await readMedusa(fetched.dir, this.shape, id);
+      this.o.backend.medusaLoad(0, { heads: m.heads, ownLmHead: m.version === 1, w: m.w, b: m.b, lm: m.lm });
+      this.o.logger.info({ adapter: id, heads: m.heads, version: m.version }, "Medusa heads loaded: speculative decoding on");
+      return m.heads;
+    } finally {
+      fetched.release();
+    }
   }
 
   // ---- introspection ----
