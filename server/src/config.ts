@@ -178,7 +178,14 @@ export function parseConfig(argv: string[]): ServerConfig {
   };
 }
 
-/** The KV budget: explicit bytes, else a fraction of the memory free now. */
+/** Memory this process may still use: free memory, capped by a container's limit (cgroup) when there is one. */
+export function availableMemory(): number {
+  const limit = process.constrainedMemory?.() ?? 0;
+  const free = os.freemem();
+  return limit > 0 ? Math.min(free, Math.max(0, limit - process.memoryUsage().rss)) : free;
+}
+
+/** The KV budget: explicit bytes, else a fraction of the memory available now. */
 export function kvBudgetBytes(c: ServerConfig): number {
-  return c.kvCacheBytes ?? Math.floor(os.freemem() * c.kvCacheFraction);
+  return c.kvCacheBytes ?? Math.floor(availableMemory() * c.kvCacheFraction);
 }

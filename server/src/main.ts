@@ -6,14 +6,14 @@ import type { Server } from "node:http";
 import { CommanderError } from "commander";
 import pino from "pino";
 
-import os from "node:os";
+import path from "node:path";
 
 import { AdapterRegistry } from "../../engine/src/adapters/registry.js";
 import { adapterSourcesConfigFromEnv, createAdapterSources, globalTokenFromEnv, resolveSource } from "../../engine/src/adapters/sources/index.js";
 import { Engine } from "../../engine/src/engine.js";
 import { DEFAULT_SAMPLING } from "../../engine/src/sampling.js";
 import { createApp } from "./app.js";
-import { kvBudgetBytes, parseConfig, type ServerConfig } from "./config.js";
+import { availableMemory, DEMO_MODEL_DIR, kvBudgetBytes, parseConfig, type ServerConfig } from "./config.js";
 import type { ServerContext } from "./context.js";
 import { Metrics } from "./metrics.js";
 
@@ -44,13 +44,17 @@ export async function startServer(config: ServerConfig, logger = makeLogger(conf
   logger.info({ model: modelDir, backend: info.backend, threads: info.threads, weightMB: Math.round(info.weightBytes / 1e6), kvBlocks: info.kvBlocks, ms: Date.now() - t0 }, "model loaded");
   const modelId = config.modelId;
   const metrics = new Metrics(modelId);
-  const sources = await createAdapterSources(adapterSourcesConfigFromEnv({ dataDir: config.dataDir, localRoots: config.adapterLocalRoots, logger: logger.child({ part: "sources" }) }));
+  const adapterBudget = config.adapterMemoryBytes ?? Math.floor(availableMemory() * config.adapterMemoryFraction);
+  // Serving the demo model: its adapters and Medusa heads may be read, and its adapters have names.
+  const demo = path.resolve(modelDir) === DEMO_MODEL_DIR;
+  const localRoots = demo ? [...config.adapterLocalRoots, DEMO_MODEL_DIR] : config.adapterLocalRoots;
+  const sources = await createAdapterSources(adapterSourcesConfigFromEnv({ dataDir: config.dataDir, localRoots, logger: logger.child({ part: "sources" }) }));
   const registry = new AdapterRegistry({
     backend: engine.backend,
     sources,
     maxActive: config.maxActiveAdapters,
-    activeBudgetBytes: config.adapterMemoryBytes ?? Math.floor(os.freemem() * config.adapterMemoryFraction),
-    hostBudgetBytes: 4 * (config.adapterMemoryBytes ?? Math.floor(os.freemem() * config.adapterMemoryFraction)),
+    activeBudgetBytes: adapterBudget,
+    hostBudgetBytes: 4 * adapterBudget,
     cycleTimeMs: config.adapterCycleTimeS * 1000,
     maxMergeIds: config.maxMergeIds,
     logger: logger.child({ part: "adapters" }),
@@ -70,6 +74,12 @@ export async function startServer(config: ServerConfig, logger = makeLogger(conf
       ctx.defaultIsMedusa = true;
     }
   }
+  const demoAdapters = path.join(DEMO_MODEL_DIR, "adapters");
+  if (demo && fs.existsSync(demoAdapters))
+    for (const name of fs.readdirSync(demoAdapters).sort()) {
+      await registry.register(name, path.join(demoAdapters, name), "local", undefined, false);
+      logger.info({ adapter: name }, "demo adapter registered: use it as `model`");
+    }
   for (const id of config.preloadedAdapterIds) {
     const source = resolveSource(id, undefined, config.adapterSource);
     await registry.register(id, id, source, source === "hub" ? ctx.globalToken.serverToken : undefined, true);

@@ -237,7 +237,7 @@ export class AdapterRegistry implements AdapterProvider {
       const key = `merge:${mergeCacheKey(parts.map((p) => p.key!), params)}`;
       let e = this.entries.get(key);
       if (!e) {
-        e = this.newEntry(key, `merge(${m.ids.join(",")})`, "merge", key);
+        e = this.newEntry(key, `merge(${m.ids.join("+")})`, "merge", key);
         const weights = parts.map((p) => this.entries.get(p.key!)!.weights!);
         try {
           e.weights = mergeAdapters(weights, params, { maxIds: this.o.maxMergeIds, ids: m.ids });
