@@ -115,6 +115,15 @@ void rows_tokens_direct(const void* W, int64_t K, int64_t r0, int64_t r1, const 
                         const float* bias, float* y, bool accumulate) {
   const int64_t kvec = K & ~int64_t(7);
   int64_t r = r0;
+  if constexpr (NT == 1) {
+    // One token: eight weight rows stream at once (more loads in flight; memory bound).
+    for (; r + 8 <= r1; r += 8) {
+      __m256 acc[8];
+      for (auto& v : acc) v = _mm256_setzero_ps();
+      tile<D, 8, 1>(W, K, r, x + int64_t(t0) * K, K, 0, kvec, acc);
+      for (int i = 0; i < 8; i++) finish<D>(acc[i], W, K, r + i, x + int64_t(t0) * K, K, kvec, bias, y + int64_t(t0) * N + r + i, accumulate);
+    }
+  }
   for (; r + 4 <= r1; r += 4) {
     __m256 acc[NT * 4];
     for (auto& v : acc) v = _mm256_setzero_ps();
@@ -147,16 +156,13 @@ void rows_blocked(const void* W, int64_t K, int64_t r0, int64_t r1, const float*
     for (int64_t kb = 0; kb < kvec; kb += kKBlock) {
       const int64_t kl = std::min<int64_t>(kKBlock, kvec - kb);
       // Weights for this block as f32: [nr, kl] with row stride kl, addressed as columns kb..kb+kl.
-      const void* Wb;
-      int64_t ldw, row_base, koff;
-      if constexpr (D == DType::F32) {
-        Wb = W, ldw = K, row_base = rb, koff = kb;
-      } else {
-        for (int64_t i = 0; i < nr; i++)
-          for (int64_t k = 0; k < kl; k += 8)
-            _mm256_storeu_ps(scratch.data() + i * kl + k, load8<D>(W, (rb + i) * K + kb + k));
-        Wb = scratch.data(), ldw = kl, row_base = 0, koff = 0;
-      }
+      // Always through a contiguous scratch block, f32 weights too: rows of a power-of-two stride (4 KiB for
+      // K = 1024) would all fall into the same L1 sets and evict each other.
+      for (int64_t i = 0; i < nr; i++)
+        for (int64_t k = 0; k < kl; k += 8)
+          _mm256_storeu_ps(scratch.data() + i * kl + k, load8<D>(W, (rb + i) * K + kb + k));
+      const void* Wb = scratch.data();
+      const int64_t ldw = kl, row_base = 0, koff = 0;
       const float* xb = x + kb - koff;  // so that x + t*K + koff addresses column kb
       int t = 0;
       auto group = [&](auto nt_tag) {
