@@ -129,7 +129,8 @@ def write(out: Path, s, log: dict, samples: dict) -> None:
     add("|---|---|---|---|")
     add(f"| tokenizer | BPE merges | {_min(tok['seconds'])} | |")
     add(f"| base | {base['steps']} steps x {s.batch} x {s.seq} tokens = {base['tokens_seen']:,} tokens; all English "
-        f"fortunes per epoch plus {int(s.base_german_share * 100)}% of the German and {int(s.base_kjv_share * 100)}% of the KJV documents; AdamW, "
+        f"fortunes per epoch plus {int(s.base_german_share * 100)}% of the German, {int(s.base_kjv_share * 100)}% of the KJV "
+        f"and {int(s.base_bofh_share * 100)}% of the BOFH documents (so every token has a trained embedding); AdamW, "
         f"peak lr {s.base_lr}, cosine | {_min(base['seconds'])} | {base['final_train_loss']:.3f} |")
     for name, a in log["adapters"].items():
         add(f"| adapter `{name}` | {a['steps']} steps, {a['tokens_seen']:,} tokens of {a['corpus']}, base frozen | "
@@ -171,8 +172,8 @@ def write(out: Path, s, log: dict, samples: dict) -> None:
         "base saw, so the same question gets a different style per adapter.")
     add("")
     a, b = log["merged_pair"]
-    add(f"The merged pair below is the linear merge of `{a}` and `{b}` with weights 0.5 / 0.5 as PEFT and LoRAX "
-        "apply it to LoRA factors: A = 0.5 A1 + 0.5 A2 and B = 0.5 B1 + 0.5 B2 per module (both adapters have the "
+    add(f"The merged pair below is the linear merge of `{a}` and `{b}` with weights 0.5 / 0.5 as LoRAX's "
+        "`linear` merge applies it to LoRA factors: A = 0.5 A1 + 0.5 A2 and B = 0.5 B1 + 0.5 B2 per module (both adapters have the "
         "same rank, alpha and targets), scale unchanged.")
     add("")
 
@@ -203,9 +204,12 @@ def write(out: Path, s, log: dict, samples: dict) -> None:
 
     add("## Samples")
     add("")
-    add(f"Greedy, up to {s.sample_max_new} new tokens, float32 arithmetic on the BF16 weights (`samples.json` has "
-        "the token ids). Completions start with `<|bos|>`; chat prompts are a single user turn rendered with the "
-        "chat template and the generation prompt.")
+    add(f"Same prompts for every variant, up to {s.sample_max_new} new tokens, float32 arithmetic on the BF16 "
+        "weights. *greedy* is what the engine must reproduce token for token (`samples.json` has the ids); "
+        f"*sampled* is one draw at temperature {log['sampling']['temperature']} with top-p {log['sampling']['top_p']} "
+        "(the `generation_config.json` defaults), closer to "
+        "what a chat user sees. Completions start with `<|bos|>`; chat prompts are one user turn rendered with "
+        "the chat template and the generation prompt. A tiny model loops under greedy decoding.")
     add("")
     first = next(iter(samples.values()))
     for i, entry in enumerate(first):
@@ -215,8 +219,10 @@ def write(out: Path, s, log: dict, samples: dict) -> None:
             add(f"**{label}**")
             add("")
             add("```")
-            text = rows[i]["output"]
-            add((entry["prompt"] + text if entry["kind"] == "completion" else text).rstrip() or "(empty)")
+            for mode, key in (("greedy", "output"), ("sampled", "sampled")):
+                text = rows[i][key]
+                text = (entry["prompt"] + text if entry["kind"] == "completion" else text).rstrip() or "(empty)"
+                add(f"[{mode}] {text}")
             add("```")
             add("")
 

@@ -217,9 +217,10 @@ class LlamaForCausalLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, prompts: list, max_new: int, stop_id: int, temperature: float = 0.0,
-                 generator: torch.Generator | None = None) -> list:
+                 generator: torch.Generator | None = None, top_p: float = 1.0) -> list:
         """Continues each prompt (a list of ids) until stop_id or max_new tokens; greedy when
-        temperature is 0. Prompts of equal length run as one batch. Returns the new ids."""
+        temperature is 0, else sampling (nucleus when top_p < 1). Prompts of equal length run as
+        one batch. Returns the new ids."""
         out = [None] * len(prompts)
         by_len = {}
         for i, p in enumerate(prompts):
@@ -234,6 +235,10 @@ class LlamaForCausalLM(nn.Module):
                 logits = self.lm_head(self.hidden(step_input, caches)[:, -1])
                 if temperature > 0:
                     probs = torch.softmax(logits / temperature, dim=-1)
+                    if top_p < 1.0:
+                        sorted_probs, order = probs.sort(dim=-1, descending=True)
+                        outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p
+                        probs = probs.scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
                     nxt = torch.multinomial(probs, 1, generator=generator)[:, 0]
                 else:
                     nxt = logits.argmax(-1)

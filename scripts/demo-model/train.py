@@ -42,12 +42,14 @@ class Settings:
     max_positions: int = 1024
     seq: int = 256
     batch: int = 8
-    base_steps: int = 900
+    base_steps: int = 850
     base_lr: float = 2e-3
     warmup: int = 60
-    # Shares of the German and KJV documents mixed into each base epoch (English fortunes: all).
+    # Shares of the other corpora's documents mixed into each base epoch (English fortunes: all),
+    # so that every token the adapters need has a trained embedding.
     base_german_share: float = 0.1
     base_kjv_share: float = 0.06
+    base_bofh_share: float = 0.5
     base_chat_fraction: float = 0.3
     tokenizer_extra_share: float = 0.3
     medusa_heads: int = 3
@@ -60,14 +62,14 @@ class Settings:
     adapters: list = field(default_factory=lambda: [
         training.AdapterSpec(
             name="kjv", corpus="kjv", description="King James Bible English",
-            r=16, lora_alpha=32, target_modules=ALL_PROJ, steps=140, lr=2e-3),
+            r=16, lora_alpha=32, target_modules=ALL_PROJ, steps=120, lr=2e-3),
         training.AdapterSpec(
             name="german", corpus="german", description="German (fortunes-de)",
-            r=16, lora_alpha=32, target_modules=ALL_PROJ, steps=200, lr=2e-3),
+            r=16, lora_alpha=32, target_modules=ALL_PROJ, steps=160, lr=2e-3),
         training.AdapterSpec(
             name="bofh", corpus="bofh", description="BOFH excuses",
             r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], use_rslora=True,
-            rank_pattern={"v_proj": 4}, steps=70, lr=3e-3, chat_fraction=0.6),
+            rank_pattern={"v_proj": 4}, steps=100, lr=3e-3, chat_fraction=0.6),
     ])
 
 
@@ -77,6 +79,7 @@ QUICK = dict(vocab_size=1024, layers=2, base_steps=10, medusa_prompts=16, medusa
 COMPLETION_PROMPTS = ["The meaning of life is", "My computer", "Love is"]
 CHAT_PROMPTS = ["Tell me about love.", "What do you think about computers?", "Why is the server down?"]
 MERGED_PAIR = ("kjv", "german")
+SAMPLING = {"temperature": 0.8, "top_p": 0.95}  # generation_config.json defaults, also used for samples
 
 
 def model_config(s: Settings, tok: bpe.Tokenizer) -> Config:
@@ -156,7 +159,8 @@ def train_base(s: Settings, out: Path, splits: dict, log: dict) -> None:
     enc = training.Encoder(tok)
     parts = [("fortunes", splits["fortunes"][0], 1.0, s.base_chat_fraction),
              ("german", splits["german"][0], s.base_german_share, s.base_chat_fraction),
-             ("kjv", splits["kjv"][0], s.base_kjv_share, s.base_chat_fraction)]
+             ("kjv", splits["kjv"][0], s.base_kjv_share, s.base_chat_fraction),
+             ("bofh", splits["bofh"][0], s.base_bofh_share, s.base_chat_fraction)]
     data = training.batches(enc, parts, s.batch, s.seq, SEED)
     run = training.optimise(model, list(model.parameters()), data, s.base_steps, s.base_lr, s.warmup,
                             weight_decay=0.1, label="base")
@@ -166,7 +170,7 @@ def train_base(s: Settings, out: Path, splits: dict, log: dict) -> None:
     write_json(out / "config.json", cfg.to_hf())
     write_json(out / "generation_config.json", {
         "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id,
-        "do_sample": True, "temperature": 0.8, "top_p": 0.95,
+        "do_sample": True, **SAMPLING,
     })
     log["base"] = {"steps": s.base_steps, "tokens_seen": s.base_steps * s.batch * s.seq,
                    "seconds": run.seconds, "final_train_loss": run.final_train_loss(),
@@ -242,9 +246,12 @@ def evaluate(s: Settings, out: Path, splits: dict, log: dict) -> dict:
             with torch.no_grad():
                 top = model(torch.tensor(ids)[None])[0, -1].topk(5)
             new = model.generate([ids], s.sample_max_new, enc.end)[0]
+            sampled = model.generate([ids], s.sample_max_new, enc.end, SAMPLING["temperature"],
+                                     torch.Generator().manual_seed(SEED), SAMPLING["top_p"])[0]
             samples[label].append({
                 "kind": kind, "prompt": prompt, "prompt_ids": ids, "output_ids": new,
                 "output": tok.decode(new, skip_special=True),
+                "sampled": tok.decode(sampled, skip_special=True),
                 "first_step_top5": {"ids": top.indices.tolist(), "logits": [round(v, 4) for v in top.values.tolist()]},
             })
         print(f"[eval] {label}: {log['heldout_loss'][label]}", flush=True)
@@ -344,6 +351,7 @@ def main() -> None:
     log["torch"] = torch.__version__
     log["seed"] = SEED
     log["merged_pair"] = MERGED_PAIR
+    log["sampling"] = SAMPLING
     log["adapters"] = {}
     docs = corpus.load()
     splits = {name: corpus.split(d) for name, d in docs.items()}
@@ -356,8 +364,9 @@ def main() -> None:
     train_medusa(s, out, splits, log)
     samples = evaluate(s, out, splits, log)
     write_json(out / "samples.json", {
-        "about": "Greedy decoding in float32 from the BF16 weights on disk; chat prompts rendered with "
-                 "the chat template; LoRA applied as W x + scale * B A x.",
+        "about": "output_ids/output: greedy decoding in float32 from the BF16 weights on disk; sampled: "
+                 f"one draw at {SAMPLING} with torch seed {SEED}; chat prompts rendered with the chat "
+                 "template; LoRA applied as W x + scale * B A x.",
         "max_new_tokens": s.sample_max_new, "samples": samples})
     write_heldout(out, splits)
     write_json(log_path, log)

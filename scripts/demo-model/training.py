@@ -189,7 +189,7 @@ def peft_state_dict(tensors: dict) -> dict:
 
 
 def linear_merge(parts: list) -> dict:
-    """Linear merge as PEFT/LoRAX apply it to LoRA factors: A = sum w_i A_i and B = sum w_i B_i,
+    """Linear merge as LoRAX applies it to LoRA factors: A = sum w_i A_i and B = sum w_i B_i,
     module by module. parts: [(weight, {module: (A, B)})], all with the same modules and ranks."""
     modules = parts[0][1].keys()
     return {m: (sum(w * t[m][0] for w, t in parts), sum(w * t[m][1] for w, t in parts)) for m in modules}
