@@ -1,4 +1,8 @@
 {
+  "variables": {
+    "cuda_root%": "<!(sh native/src/cuda/find-cuda.sh)",
+    "cuda_lib%": "<!(sh native/src/cuda/find-cuda.sh lib)"
+  },
   "targets": [
     {
       "target_name": "loraserve_native",
@@ -17,7 +21,29 @@
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"],
       "cflags_cc": ["-std=c++17", "-O3", "-ffp-contract=off", "-fno-math-errno", "-Wall", "-Wextra", "-Wno-unused-parameter"],
-      "ldflags": ["-pthread"]
+      "ldflags": ["-pthread"],
+      "conditions": [
+        ["cuda_root==''", {"sources": ["native/src/cuda/stub.cc"]}],
+        ["cuda_root!=''", {
+          "sources": ["<!@(ls -1 native/src/cuda/*.cu)"],
+          "rules": [
+            {
+              "rule_name": "nvcc",
+              "extension": "cu",
+              "inputs": ["<!@(ls -1 native/src/cuda/*.cuh native/src/*.h)"],
+              "outputs": ["<(INTERMEDIATE_DIR)/cuda/<(RULE_INPUT_ROOT).o"],
+              "action": [
+                "<(cuda_root)/bin/nvcc", "-std=c++17", "-O3", "-Xcompiler", "-fPIC", "-Xcompiler", "-ffp-contract=off",
+                "-gencode=arch=compute_90a,code=sm_90a", "-gencode=arch=compute_80,code=compute_80",
+                "-Inative/src", "-c", "<(RULE_INPUT_PATH)", "-o", "<@(_outputs)"
+              ],
+              "message": "NVCC <(RULE_INPUT_PATH)",
+              "process_outputs_as_sources": 1
+            }
+          ],
+          "libraries": ["<(cuda_lib)/libcudart_static.a", "-ldl", "-lrt", "-lpthread"]
+        }]
+      ]
     }
   ]
 }

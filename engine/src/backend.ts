@@ -5,7 +5,7 @@ import { NativeError } from "./errors.js";
 import { readModelSpec, type ModelSpec } from "./model/config.js";
 import { DTYPE_CODE, type DType } from "./model/safetensors.js";
 import { listWeights } from "./model/weights.js";
-import { native, type NativeMedusa, type NativeModel, type NativeStepInput, type NativeStepOutput } from "./native.js";
+import { native, type NativeDevice, type NativeMedusa, type NativeModel, type NativeStepInput, type NativeStepOutput } from "./native.js";
 
 export interface BackendOptions {
   /** KV memory budget in bytes (whole pool, all layers). */
@@ -14,8 +14,14 @@ export interface BackendOptions {
   maxStepTokens: number;
   maxOutRows: number;
   threads?: number;
-  /** Plain reference kernels, single-threaded (tests). */
+  /** Plain reference kernels, single-threaded (tests); always on the CPU. */
   reference?: boolean;
+  /**
+   * Where the model runs: "cuda", "cpu", or "auto" (the default: cuda when the addon was built with CUDA and a
+   * GPU is usable, else cpu). An explicit "cuda" without a usable GPU fails to load with the reason (code EINVAL);
+   * it never falls back silently.
+   */
+  device?: NativeDevice;
   /** Convert weight matrices to this dtype at load; default: as stored. */
   dtype?: DType;
   loraSlots: number;
@@ -118,6 +124,7 @@ export class Backend {
         maxOutRows: opts.maxOutRows,
         threads: opts.threads ?? 0,
         reference: opts.reference ?? false,
+        device: opts.device ?? "auto",
         weightDtype: opts.dtype ? DTYPE_CODE[opts.dtype] : -1,
         loraSlots: opts.loraSlots,
         loraMaxRank: opts.loraMaxRank,

@@ -37,6 +37,8 @@ export interface NativeLoadOptions {
   maxOutRows: number;
   threads: number;
   reference: boolean;
+  /** cpu | cuda | auto (cuda when `cuda.usable`, else cpu; reference forces cpu). */
+  device: NativeDevice;
   weightDtype: number; // -1 = as stored
   loraSlots: number;
   loraMaxRank: number;
@@ -127,9 +129,29 @@ export interface NativeModel {
   close(): void;
 }
 
+export type NativeDevice = "cpu" | "cuda" | "auto";
+
+/** What the addon knows of CUDA; reading it the first time initialises the CUDA runtime (fine without a GPU). */
+export interface NativeCudaInfo {
+  compiled: boolean; // the CUDA backend was built in (nvcc was present at build time)
+  usable: boolean; // compiled, a GPU is present and the built kernels run on it
+  devices: number;
+  name: string; // GPU 0
+  computeCapability: string; // "9.0"
+  sms: number;
+  memoryBytes: number;
+  runtimeVersion: number;
+  driverVersion: number;
+  error: string; // why not usable
+}
+
+/** Where kernel() runs an op: true / "reference" = CPU reference, false / "cpu" = CPU fast, "cuda". */
+export type KernelDevice = boolean | "reference" | "cpu" | "cuda";
+
 export interface NativeAddon {
   loadModel(opts: NativeLoadOptions): Promise<NativeModel>;
-  kernel(name: string, reference: boolean, args: Record<string, unknown>): any;
+  kernel(name: string, device: KernelDevice, args: Record<string, unknown>): any;
+  readonly cuda: NativeCudaInfo;
   probe(what: "bandwidth" | "fma", threads?: number): number;
   fastKernels: boolean;
 }

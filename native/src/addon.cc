@@ -1,6 +1,7 @@
 // The N-API binding: turns JavaScript objects of typed arrays into native calls and back. Model loading and
 // every step run on libuv worker threads (Promises); errors become JavaScript Errors with a `code`.
-// Kernel entry points for tests and the hardware probes for benchmarks are exposed here too.
+// Kernel entry points for tests (on any backend: CPU reference, CPU fast, CUDA), the CUDA availability info and
+// the hardware probes for benchmarks are exposed here too.
 #include <napi.h>
 
 #include <atomic>
@@ -495,6 +496,7 @@ Napi::Value LoadModel(const Napi::CallbackInfo& info) {
   opt.weight_dtype = get_int(o, "weightDtype", -1);
   opt.lora_slots = get_int(o, "loraSlots", 0);
   opt.lora_max_rank = get_int(o, "loraMaxRank", 128);
+  opt.device = o.Get("device").IsString() ? o.Get("device").As<Napi::String>().Utf8Value() : "auto";
   auto* w = new LoadWorker(env, std::move(opt));
   Napi::Promise p = w->promise();
   w->Queue();
@@ -502,19 +504,63 @@ Napi::Value LoadModel(const Napi::CallbackInfo& info) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Kernel entry points for tests: kernel(name, reference, args) → result. Each builds a one-off backend.
+// Kernel entry points for tests: kernel(name, device, args) → result, where device is true (CPU reference),
+// false (CPU fast), or "reference" | "cpu" | "cuda". Inputs are copied into the backend's op memory, the op runs,
+// outputs are copied back: the same path on every backend.
 
-std::unique_ptr<lx::Backend>& test_backend(bool reference) {
-  static std::unique_ptr<lx::Backend> ref = lx::make_cpu_backend(true, 1), fast = lx::make_cpu_backend(false, 0);
-  return reference ? ref : fast;
+Status test_backend(Napi::Value sel, lx::Backend** out) {
+  static std::unique_ptr<lx::Backend> ref = lx::make_cpu_backend(true, 1), fast = lx::make_cpu_backend(false, 0), cuda;
+  std::string d = sel.IsBoolean() ? (sel.As<Napi::Boolean>().Value() ? "reference" : "cpu")
+                                  : sel.IsString() ? sel.As<Napi::String>().Utf8Value() : "";
+  if (d == "reference") *out = ref.get();
+  else if (d == "cpu") *out = fast.get();
+  else if (d == "cuda") {
+    if (!cuda) LX_TRY(lx::make_cuda_backend(0, &cuda));
+    *out = cuda.get();
+  } else return Status::Invalid("kernel device must be true, false, \"reference\", \"cpu\" or \"cuda\"");
+  return Status::Ok();
 }
+
+// Host arrays in and out of a backend's op memory, for one kernel call.
+struct OpMem {
+  Napi::Env env;
+  lx::Backend& be;
+  std::vector<lx::Buffer> held;
+  void check(const Status& s) {
+    if (!s.ok()) throw make_error(env, s);
+  }
+  template <typename T>
+  T* put(const T* host, size_t n) {
+    lx::Buffer b;
+    check(be.alloc(n * sizeof(T), &b));
+    check(be.upload(b.get(), host, n * sizeof(T)));
+    held.push_back(std::move(b));
+    return lx::buf<T>(held.back());
+  }
+  template <typename T>
+  T* put(const std::vector<T>& v) {
+    return put(v.data(), v.size());
+  }
+  template <typename T>
+  std::vector<T> get(const T* dev, size_t n) {
+    std::vector<T> v(n);
+    check(be.sync());
+    check(be.download(v.data(), dev, n * sizeof(T)));
+    return v;
+  }
+};
 
 Napi::Value Kernel(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string name = info[0].As<Napi::String>().Utf8Value();
-  bool reference = info[1].As<Napi::Boolean>().Value();
+  bool reference = info[1].IsBoolean() ? info[1].As<Napi::Boolean>().Value()
+                                       : info[1].IsString() && info[1].As<Napi::String>().Utf8Value() == "reference";
   Napi::Object a = info[2].As<Napi::Object>();
-  lx::Backend& be = *test_backend(reference);
+  lx::Backend* bep = nullptr;
+  Status bs = test_backend(info[1], &bep);
+  if (!bs.ok()) throw make_error(env, bs);
+  lx::Backend& be = *bep;
+  OpMem m{env, be, {}};
   if (name == "linear") {
     auto x = F32(a, "x", false);
     int T = get_int(a, "T", 0), N = get_int(a, "N", 0), K = get_int(a, "K", 0), dt = get_int(a, "dtype", 0);
@@ -526,26 +572,47 @@ Napi::Value Kernel(const Napi::CallbackInfo& info) {
     bool acc = !y.empty();
     if (!acc) y.assign(size_t(T) * N, 0.f);
     const uint8_t* wd = static_cast<const uint8_t*>(w.ArrayBuffer().Data()) + w.ByteOffset();
-    be.linear(x.data(), T, lx::Mat{wd, lx::DType(dt), N, K}, bias.empty() ? nullptr : bias.data(), y.data(), acc);
-    return to_js<float, Napi::Float32Array>(env, y);
+    float* yd = m.put(y);
+    be.linear(m.put(x), T, lx::Mat{m.put(wd, w.ByteLength()), lx::DType(dt), N, K}, bias.empty() ? nullptr : m.put(bias), yd, acc);
+    return to_js<float, Napi::Float32Array>(env, m.get(yd, y.size()));
   }
   if (name == "rmsnorm") {
     auto x = F32(a, "x", false), w = F32(a, "w", false);
     int T = get_int(a, "T", 0), H = int(w.size());
-    std::vector<float> out(x.size());
-    be.rmsnorm(x.data(), T, H, w.data(), float(get_num(a, "eps", 1e-6)), out.data());
-    return to_js<float, Napi::Float32Array>(env, out);
+    float* out = m.put(std::vector<float>(x.size()));
+    be.rmsnorm(m.put(x), T, H, m.put(w), float(get_num(a, "eps", 1e-6)), out);
+    return to_js<float, Napi::Float32Array>(env, m.get(out, x.size()));
   }
   if (name == "rope") {
     auto x = F32(a, "x", false), c = F32(a, "cos", false), s = F32(a, "sin", false);
-    be.rope(x.data(), get_int(a, "T", 0), get_int(a, "heads", 0), get_int(a, "headDim", 0), c.data(), s.data());
-    return to_js<float, Napi::Float32Array>(env, x);
+    float* xd = m.put(x);
+    be.rope(xd, get_int(a, "T", 0), get_int(a, "heads", 0), get_int(a, "headDim", 0), m.put(c), m.put(s));
+    return to_js<float, Napi::Float32Array>(env, m.get(xd, x.size()));
   }
   if (name == "siluMul") {
     auto g = F32(a, "gate", false), u = F32(a, "up", false);
-    std::vector<float> out(g.size());
-    be.silu_mul(g.data(), u.data(), int64_t(g.size()), out.data());
-    return to_js<float, Napi::Float32Array>(env, out);
+    float* out = m.put(std::vector<float>(g.size()));
+    be.silu_mul(m.put(g), m.put(u), int64_t(g.size()), out);
+    return to_js<float, Napi::Float32Array>(env, m.get(out, g.size()));
+  }
+  if (name == "addSilu") {
+    auto x = F32(a, "x", false), t = F32(a, "t", false);
+    if (t.size() != x.size()) throw_invalid(env, "addSilu: x and t differ in length");
+    float* out = m.put(std::vector<float>(x.size()));
+    be.add_silu(m.put(x), m.put(t), int64_t(x.size()), out);
+    return to_js<float, Napi::Float32Array>(env, m.get(out, x.size()));
+  }
+  if (name == "embed") {
+    auto tokens = I32(a, "tokens", false);
+    int V = get_int(a, "vocab", 0), H = get_int(a, "H", 0), dt = get_int(a, "dtype", 0);
+    Napi::TypedArray e = a.Get("e").As<Napi::TypedArray>();
+    if (e.ByteLength() != size_t(V) * H * lx::dtype_size(lx::DType(dt))) throw_invalid(env, "embed: e does not hold [vocab, H] of dtype");
+    for (int32_t t : tokens)
+      if (t < 0 || t >= V) throw_invalid(env, "embed: token " + std::to_string(t) + " out of range");
+    const uint8_t* ed = static_cast<const uint8_t*>(e.ArrayBuffer().Data()) + e.ByteOffset();
+    float* out = m.put(std::vector<float>(tokens.size() * size_t(H)));
+    be.embed(m.put(tokens), int(tokens.size()), lx::Mat{m.put(ed, e.ByteLength()), lx::DType(dt), V, H}, out);
+    return to_js<float, Napi::Float32Array>(env, m.get(out, tokens.size() * size_t(H)));
   }
   if (name == "logsumexp") {
     auto x = F32(a, "x", false);
@@ -559,6 +626,8 @@ Napi::Value Kernel(const Napi::CallbackInfo& info) {
   if (name == "attention") {
     auto q = F32(a, "q", false), kc = F32(a, "k", false), vc = F32(a, "v", false);
     auto kv_len = I32(a, "kvLen", false), kv_begin = I32(a, "kvBegin", false), tables = I32(a, "tables", false);
+    auto tree_base = I32(a, "treeBase", true);
+    auto tree_mask = copy_array<uint64_t, Napi::BigUint64Array>(env, a.Get("treeMask"), "treeMask", true);
     lx::AttnArgs aa;
     aa.T = get_int(a, "T", 0);
     aa.n_heads = get_int(a, "heads", 0);
@@ -567,37 +636,37 @@ Napi::Value Kernel(const Napi::CallbackInfo& info) {
     aa.block_size = get_int(a, "blockSize", 16);
     aa.scale = float(get_num(a, "scale", 1));
     int max_blocks = get_int(a, "maxBlocks", 0);
+    if (kv_len.size() != size_t(aa.T) || kv_begin.size() != size_t(aa.T) || tables.size() != size_t(aa.T) * max_blocks ||
+        (!tree_base.empty() && (tree_base.size() != size_t(aa.T) || tree_mask.size() != size_t(aa.T))))
+      throw_invalid(env, "attention: kvLen, kvBegin, tables, treeBase, treeMask do not match T and maxBlocks");
+    const int32_t* td = m.put(tables);
     std::vector<const int32_t*> bt(aa.T);
-    for (int t = 0; t < aa.T; t++) bt[t] = tables.data() + size_t(t) * max_blocks;
-    aa.kv_len = kv_len.data();
-    aa.kv_begin = kv_begin.data();
-    aa.block_table = bt.data();
-    aa.k_cache = kc.data();
-    aa.v_cache = vc.data();
-    std::vector<float> out(q.size());
-    be.attention(aa, q.data(), out.data());
-    return to_js<float, Napi::Float32Array>(env, out);
+    for (int t = 0; t < aa.T; t++) bt[t] = td + size_t(t) * max_blocks;
+    aa.kv_len = m.put(kv_len);
+    aa.kv_begin = m.put(kv_begin);
+    aa.block_table = m.put(bt);
+    if (!tree_base.empty()) aa.tree_base = m.put(tree_base), aa.tree_mask = m.put(tree_mask);
+    aa.k_cache = m.put(kc);
+    aa.v_cache = m.put(vc);
+    float* out = m.put(std::vector<float>(q.size()));
+    be.attention(aa, m.put(q), out);
+    return to_js<float, Napi::Float32Array>(env, m.get(out, q.size()));
   }
   if (name == "lora") {
     auto x = F32(a, "x", false), y = F32(a, "y", false);
     int d_in = get_int(a, "dIn", 0), d_out = get_int(a, "dOut", 0);
     Napi::Array gs = a.Get("groups").As<Napi::Array>();
-    std::vector<std::vector<float>> As, Bts;
-    std::vector<std::vector<int32_t>> toks;
     std::vector<lx::LoraGroup> groups;
     for (uint32_t i = 0; i < gs.Length(); i++) {
       Napi::Object g = gs.Get(i).As<Napi::Object>();
-      As.push_back(F32(g, "a", false));
-      Bts.push_back(F32(g, "bt", false));
-      toks.push_back(I32(g, "tokens", false));
+      auto A = F32(g, "a", false), Bt = F32(g, "bt", false);
+      auto toks = I32(g, "tokens", false);
+      groups.push_back(lx::LoraGroup{m.put(A), m.put(Bt), get_int(g, "rank", 0), float(get_num(g, "scale", 1)),
+                                     int(toks.size()), m.put(toks)});
     }
-    for (uint32_t i = 0; i < gs.Length(); i++) {
-      Napi::Object g = gs.Get(i).As<Napi::Object>();
-      groups.push_back(lx::LoraGroup{As[i].data(), Bts[i].data(), get_int(g, "rank", 0), float(get_num(g, "scale", 1)),
-                                     int(toks[i].size()), toks[i].data()});
-    }
-    be.lora(x.data(), d_in, y.data(), d_out, groups.data(), int(groups.size()));
-    return to_js<float, Napi::Float32Array>(env, y);
+    float* yd = m.put(y);
+    be.lora(m.put(x), d_in, yd, d_out, groups.data(), int(groups.size()));
+    return to_js<float, Napi::Float32Array>(env, m.get(yd, y.size()));
   }
   if (name == "sample") {
     auto logits = F32(a, "logits", false);
@@ -651,8 +720,28 @@ Napi::Value Probe(const Napi::CallbackInfo& info) {
   throw_invalid(env, "unknown probe '" + what + "' (bandwidth | fma)");
 }
 
+// native().cuda: {compiled, usable, devices, name, computeCapability, sms, memoryBytes, runtimeVersion,
+// driverVersion, error}, read on first access (that initialises the CUDA runtime; fine without a driver).
+Napi::Value CudaInfoGetter(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const lx::CudaInfo& c = lx::cuda_info();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("compiled", c.compiled);
+  o.Set("usable", c.usable);
+  o.Set("devices", c.devices);
+  o.Set("name", c.name);
+  o.Set("computeCapability", std::to_string(c.cc_major) + "." + std::to_string(c.cc_minor));
+  o.Set("sms", c.sms);
+  o.Set("memoryBytes", c.memory_bytes);
+  o.Set("runtimeVersion", c.runtime_version);
+  o.Set("driverVersion", c.driver_version);
+  o.Set("error", c.error);
+  return o;
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("loadModel", Napi::Function::New(env, LoadModel, "loadModel"));
+  exports.DefineProperty(Napi::PropertyDescriptor::Accessor<CudaInfoGetter>("cuda", napi_enumerable));
   exports.Set("kernel", Napi::Function::New(env, Kernel, "kernel"));
   exports.Set("probe", Napi::Function::New(env, Probe, "probe"));
   exports.Set("fastKernels", Napi::Boolean::New(env, lx::fast::supported()));

@@ -1,5 +1,8 @@
-// The CPU backend: routes each op to the reference or the fast kernel and owns the thread pool.
-// Kernel code lives in kernels_ref.cc / kernels_avx2.cc; nothing here computes.
+// The CPU backend: routes each op to the reference or the fast kernel, owns the thread pool, and gives host
+// memory as op memory (weights stay in the mapped files). Also the device selection. Kernel code lives in
+// kernels_ref.cc / kernels_avx2.cc; the few data moves here (embedding rows, row copies) are plain loops.
+#include <cmath>
+#include <cstdlib>
 #include <thread>
 
 #include "backend.h"
@@ -32,14 +35,56 @@ class CpuBackend final : public Backend {
   void attention(const AttnArgs& a, const float* q, float* out) override {
     fast_ ? fast::attention(pool_, a, q, out) : ref::attention(a, q, out);
   }
-  void softmax(float* x, int64_t n) override { fast_ ? fast::softmax(x, n) : ref::softmax(x, n); }
-  double logsumexp(const float* x, int64_t n) override { return fast_ ? fast::logsumexp(x, n) : ref::logsumexp(x, n); }
   void lora(const float* x, int d_in, float* y, int d_out, const LoraGroup* g, int n) override {
     fast_ ? fast::lora(pool_, x, d_in, y, d_out, g, n) : ref::lora(x, d_in, y, d_out, g, n);
   }
+  void embed(const int32_t* tokens, int T, const Mat& E, float* x) override {
+    const int64_t H = E.cols;
+    for (int t = 0; t < T; t++)
+      for (int64_t i = 0; i < H; i++) x[t * H + i] = load_as_f32(E.data, E.dtype, int64_t(tokens[t]) * H + i);
+  }
+  void copy_rows(float* dst, const int64_t* dst_off, const float* src, const int64_t* src_off, int n, int len) override {
+    for (int i = 0; i < n; i++) std::copy_n(src + src_off[i], len, dst + dst_off[i]);
+  }
+  void add_silu(const float* x, const float* t, int64_t n, float* out) override {
+    for (int64_t i = 0; i < n; i++) out[i] = x[i] + t[i] / (1.f + std::exp(-t[i]));
+  }
+
+  void softmax(float* x, int64_t n) override { fast_ ? fast::softmax(x, n) : ref::softmax(x, n); }
+  double logsumexp(const float* x, int64_t n) override { return fast_ ? fast::logsumexp(x, n) : ref::logsumexp(x, n); }
   void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn) override {
     pool_.parallel_for(n, 1, fn);
   }
+
+  Status alloc(size_t bytes, Buffer* out) override {
+    void* p = std::calloc(bytes ? bytes : 1, 1);
+    if (!p) return Status::NoMem("cannot allocate " + std::to_string(bytes) + " bytes of host memory");
+    *out = Buffer(p, BufferFree{this});
+    return Status::Ok();
+  }
+  void release(void* p) override { std::free(p); }
+  Status upload(void* dst, const void* host, size_t bytes) override {
+    if (bytes) std::memcpy(dst, host, bytes);
+    return Status::Ok();
+  }
+  Status download(void* host, const void* src, size_t bytes) override {
+    if (bytes) std::memcpy(host, src, bytes);
+    return Status::Ok();
+  }
+  Status constant(const Mat& host, Mat* out) override {
+    *out = host;
+    return Status::Ok();
+  }
+  Status stage(const void* host, size_t, const void** out) override {
+    *out = host;
+    return Status::Ok();
+  }
+  Status view(const void* src, size_t, const void** host) override {
+    *host = src;
+    return Status::Ok();
+  }
+  void begin_step() override {}
+  Status sync() override { return Status::Ok(); }
 
  private:
   bool fast_;
@@ -52,6 +97,16 @@ class CpuBackend final : public Backend {
 std::unique_ptr<Backend> make_cpu_backend(bool reference, int n_threads) {
   if (n_threads <= 0) n_threads = int(std::thread::hardware_concurrency());
   return std::make_unique<CpuBackend>(reference, n_threads);
+}
+
+Status make_backend(const std::string& device, bool reference, int n_threads, std::unique_ptr<Backend>* out) {
+  if (device != "cpu" && device != "cuda" && device != "auto")
+    return Status::Invalid("device \"" + device + "\" is not one of cpu, cuda, auto");
+  if (device == "cuda" && reference)
+    return Status::Invalid("the reference kernels run on the CPU only: use device \"cpu\" with reference, or drop reference");
+  if (device == "cuda" || (device == "auto" && !reference && cuda_info().usable)) return make_cuda_backend(n_threads, out);
+  *out = make_cpu_backend(reference, n_threads);
+  return Status::Ok();
 }
 
 }  // namespace lx

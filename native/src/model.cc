@@ -91,12 +91,15 @@ Status Model::load(const LoadOptions& opt, std::unique_ptr<Model>* out) {
                            std::to_string(c.inv_freq.size()) + "×2");
   if (int(c.window.size()) != c.n_layers) return Status::Invalid("window list must have one entry per layer");
   if (opt.block_size <= 0 || opt.kv_blocks <= 0) return Status::Invalid("kv_blocks and block_size must be positive");
-  m->be_ = make_cpu_backend(opt.reference, opt.threads);
+  LX_TRY(make_backend(opt.device, opt.reference, opt.threads, &m->be_));
   m->reference_ = opt.reference;
+  Backend& be = *m->be_;
 
-  // Map every file once.
+  // Map every file once (or take the caller's in-memory files).
   std::vector<size_t> sizes;
-  for (const std::string& path : opt.files) {
+  std::vector<const void*> bases;
+  for (const auto& mf : opt.memory_files) bases.push_back(mf.first), sizes.push_back(mf.second);
+  for (const std::string& path : opt.memory_files.empty() ? opt.files : std::vector<std::string>{}) {
     int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) return Status::Io("cannot open weights file " + path + ": " + std::strerror(errno));
     struct stat st;
@@ -109,15 +112,18 @@ Status Model::load(const LoadOptions& opt, std::unique_ptr<Model>* out) {
     close(fd);
     if (size && p == MAP_FAILED) return Status::Io("cannot map " + path + ": " + std::strerror(errno));
     m->maps_.emplace_back(p, size);
+    bases.push_back(p);
     sizes.push_back(size);
   }
+  const std::string kWhere = opt.memory_files.empty() ? "" : "memory file ";
 
   std::map<std::string, const TensorRef*> by_name;
   for (const TensorRef& t : opt.tensors) {
-    if (t.file < 0 || t.file >= int(opt.files.size())) return Status::Invalid("tensor " + t.name + " names no file");
+    if (t.file < 0 || t.file >= int(sizes.size())) return Status::Invalid("tensor " + t.name + " names no file");
     if (t.offset + t.nbytes > sizes[t.file] || t.offset + t.nbytes < t.offset)
       return Status::Invalid("tensor " + t.name + " byte range [" + std::to_string(t.offset) + ", " +
-                             std::to_string(t.offset + t.nbytes) + ") lies beyond the end of " + opt.files[t.file] +
+                             std::to_string(t.offset + t.nbytes) + ") lies beyond the end of " +
+                             (kWhere.empty() ? opt.files[t.file] : kWhere + std::to_string(t.file)) +
                              " (" + std::to_string(sizes[t.file]) + " bytes): truncated file?");
     by_name[t.name] = &t;
   }
@@ -138,7 +144,7 @@ Status Model::load(const LoadOptions& opt, std::unique_ptr<Model>* out) {
     return Status::Ok();
   };
   auto data_of = [&](const TensorRef* t) {
-    return static_cast<const void*>(static_cast<const uint8_t*>(m->maps_[t->file].first) + t->offset);
+    return static_cast<const void*>(static_cast<const uint8_t*>(bases[t->file]) + t->offset);
   };
   auto mat = [&](const std::string& name, int64_t rows, int64_t cols, Mat* out_m) -> Status {
     const TensorRef* t;
@@ -157,8 +163,7 @@ Status Model::load(const LoadOptions& opt, std::unique_ptr<Model>* out) {
       mm = Mat{m->owned_.back().data(), to, rows, cols};
     }
     m->weight_bytes_ += size_t(rows * cols) * dtype_size(mm.dtype);
-    *out_m = mm;
-    return Status::Ok();
+    return be.constant(mm, out_m);
   };
   auto vec = [&](const std::string& name, int64_t n, std::vector<float>* out_v) -> Status {
     const TensorRef* t;
@@ -166,6 +171,15 @@ Status Model::load(const LoadOptions& opt, std::unique_ptr<Model>* out) {
     out_v->resize(n);
     for (int64_t i = 0; i < n; i++) (*out_v)[i] = load_as_f32(data_of(t), t->dtype, i);
     m->weight_bytes_ += size_t(n) * dtype_size(t->dtype);
+    return Status::Ok();
+  };
+  // A small host vector's op-memory twin (norm weights, biases); empty stays null.
+  auto vec_const = [&](const std::vector<float>& v, const float** out_p) -> Status {
+    *out_p = nullptr;
+    if (v.empty()) return Status::Ok();
+    Mat cm;
+    LX_TRY(be.constant(Mat{v.data(), DType::F32, 1, int64_t(v.size())}, &cm));
+    *out_p = static_cast<const float*>(cm.data);
     return Status::Ok();
   };
 
@@ -189,8 +203,14 @@ Status Model::load(const LoadOptions& opt, std::unique_ptr<Model>* out) {
       LX_TRY(vec(p + "self_attn.k_proj.bias", KD, &L.bk));
       LX_TRY(vec(p + "self_attn.v_proj.bias", KD, &L.bv));
     }
+    LX_TRY(vec_const(L.ln1, &L.ln1_p));
+    LX_TRY(vec_const(L.ln2, &L.ln2_p));
+    LX_TRY(vec_const(L.bq, &L.bq_p));
+    LX_TRY(vec_const(L.bk, &L.bk_p));
+    LX_TRY(vec_const(L.bv, &L.bv_p));
   }
   LX_TRY(vec("model.norm.weight", H, &m->final_norm_));
+  LX_TRY(vec_const(m->final_norm_, &m->final_norm_p_));
   if (c.tied) m->lm_head_ = m->embed_;
   else LX_TRY(mat("lm_head.weight", c.vocab, H, &m->lm_head_));
 
@@ -199,24 +219,21 @@ Status Model::load(const LoadOptions& opt, std::unique_ptr<Model>* out) {
   const size_t per_layer = size_t(opt.kv_blocks) * c.n_kv * opt.block_size * c.head_dim;
   const int T = m->max_T_ = std::max(1, opt.max_step_tokens);
   const int R = m->max_R_ = std::max(1, opt.max_out_rows);
-  try {
-    m->kv_.assign(per_layer * 2 * c.n_layers, 0.f);
-    m->x_.resize(size_t(T) * H);
-    m->xb_.resize(size_t(T) * std::max<int64_t>(H, QD));
-    m->q_.resize(size_t(T) * QD);
-    m->k_.resize(size_t(T) * KD);
-    m->v_.resize(size_t(T) * KD);
-    m->att_.resize(size_t(T) * QD);
-    m->gate_.resize(size_t(T) * I);
-    m->up_.resize(size_t(T) * I);
-    m->cos_.resize(size_t(T) * c.head_dim / 2);
-    m->sin_.resize(size_t(T) * c.head_dim / 2);
-    m->xo_.resize(size_t(R) * H);
-    m->logits_.resize(size_t(R) * c.vocab);
-  } catch (const std::bad_alloc&) {
-    return Status::NoMem("cannot allocate the KV pool (" + std::to_string(per_layer * 2 * c.n_layers * 4) +
-                         " bytes) and activations for " + std::to_string(T) + " tokens: lower the KV budget");
-  }
+  const size_t kv_bytes = per_layer * 2 * c.n_layers * sizeof(float);
+  auto floats = [&](size_t n, Buffer* b) { return be.alloc(n * sizeof(float), b); };
+  Status st = floats(per_layer * 2 * c.n_layers, &m->kv_);
+  for (auto [n, b] : {std::pair{size_t(T) * H, &m->x_}, {size_t(T) * std::max<int64_t>(H, QD), &m->xb_}, {size_t(T) * QD, &m->q_},
+                      {size_t(T) * KD, &m->k_}, {size_t(T) * KD, &m->v_}, {size_t(T) * QD, &m->att_}, {size_t(T) * I, &m->gate_},
+                      {size_t(T) * I, &m->up_}, {size_t(R) * H, &m->xo_}, {size_t(R) * c.vocab, &m->logits_},
+                      {size_t(H), &m->med_x_}, {size_t(H), &m->med_t_}, {size_t(kMaxMedusaHeads) * H, &m->med_z_},
+                      {size_t(kMaxMedusaHeads) * c.vocab, &m->med_logits_}})
+    if (st.ok()) st = floats(n, b);
+  if (!st.ok())
+    return Status::NoMem("cannot allocate the KV pool (" + std::to_string(kv_bytes) + " bytes) and activations for " +
+                         std::to_string(T) + " tokens on " + be.name() + ": lower the KV budget (" + st.message + ")");
+  m->kv_bytes_ = kv_bytes;
+  m->cos_.resize(size_t(T) * c.head_dim / 2);
+  m->sin_.resize(size_t(T) * c.head_dim / 2);
   m->lora_.resize(std::max(0, opt.lora_slots));
   m->lora_max_rank_ = opt.lora_max_rank;
   *out = std::move(m);
@@ -236,26 +253,32 @@ Status Model::lora_load(int slot, const std::vector<LoraModuleIn>& modules) {
     floats += size_t(mi.rank) * (d_in(mi.target) + d_out(mi.target));
   }
   LoraSlot s;
+  std::vector<float> host;
   try {
-    s.storage.resize(floats);
+    host.resize(floats);
     s.mods.assign(size_t(cfg_.n_layers) * kNumTargets + 1, LoraMod{});
   } catch (const std::bad_alloc&) {
     return Status::NoMem("cannot allocate " + std::to_string(floats * 4) + " bytes for a LoRA adapter");
   }
-  float* p = s.storage.data();
+  Status st = be_->alloc(floats * sizeof(float), &s.storage);
+  if (!st.ok()) return Status::NoMem("cannot allocate " + std::to_string(floats * 4) + " bytes for a LoRA adapter: " + st.message);
+  float* p = host.data();
+  const float* dev = buf<float>(s.storage);
   for (const LoraModuleIn& mi : modules) {
     const int di = d_in(mi.target), dout = d_out(mi.target);
     LoraMod& lm = s.mods[mi.layer < 0 ? s.mods.size() - 1 : size_t(mi.layer) * kNumTargets + mi.target];
     lm.rank = mi.rank;
     lm.scale = mi.scale;
     std::copy_n(mi.a, size_t(mi.rank) * di, p);
-    lm.A = p;
+    lm.A = dev + (p - host.data());
     p += size_t(mi.rank) * di;
     for (int j = 0; j < mi.rank; j++)
       for (int o = 0; o < dout; o++) p[size_t(j) * dout + o] = mi.b[size_t(o) * mi.rank + j];
-    lm.Bt = p;
+    lm.Bt = dev + (p - host.data());
     p += size_t(mi.rank) * dout;
   }
+  LX_TRY(be_->upload(s.storage.get(), host.data(), floats * sizeof(float)));
+  s.bytes = floats * sizeof(float);
   s.used = true;
   lora_[slot] = std::move(s);
   return Status::Ok();
@@ -271,16 +294,18 @@ Status Model::medusa_load(int slot, const MedusaIn& mi) {
   const int64_t H = cfg_.hidden, V = cfg_.vocab;
   if (slot < 0 || slot > 64) return Status::Invalid("Medusa slot " + std::to_string(slot) + " out of range [0, 64]");
   if (mi.heads <= 0 || mi.heads > 16) return Status::Invalid("Medusa head count " + std::to_string(mi.heads) + " outside [1, 16]");
+  static_assert(kMaxMedusaHeads >= 16, "the scratch buffers hold every head");
   MedusaSet s;
-  try {
-    s.heads = mi.heads;
-    s.own_lm_head = mi.own_lm_head;
-    s.w.assign(mi.w, mi.w + size_t(mi.heads) * H * H);
-    s.b.assign(mi.b, mi.b + size_t(mi.heads) * H);
-    if (mi.own_lm_head) s.lm.assign(mi.lm, mi.lm + size_t(mi.heads) * V * H);
-  } catch (const std::bad_alloc&) {
-    return Status::NoMem("cannot allocate Medusa heads");
-  }
+  s.heads = mi.heads;
+  s.own_lm_head = mi.own_lm_head;
+  auto copy = [&](const float* src, size_t n, Buffer* b) -> Status {
+    Status st = be_->alloc(n * sizeof(float), b);
+    if (!st.ok()) return Status::NoMem("cannot allocate Medusa heads: " + st.message);
+    return be_->upload(b->get(), src, n * sizeof(float));
+  };
+  LX_TRY(copy(mi.w, size_t(mi.heads) * H * H, &s.w));
+  LX_TRY(copy(mi.b, size_t(mi.heads) * H, &s.b));
+  if (mi.own_lm_head) LX_TRY(copy(mi.lm, size_t(mi.heads) * V * H, &s.lm));
   if (size_t(slot) >= medusa_.size()) medusa_.resize(slot + 1);
   medusa_[slot] = std::move(s);
   return Status::Ok();
@@ -288,45 +313,50 @@ Status Model::medusa_load(int slot, const MedusaIn& mi) {
 
 // Drafts for the next step: for each group with a Medusa set, head h's top-k tokens at the hidden state of
 // the row that produced the group's last token: state = x + silu(W_h x + b_h), logits = lm_head(state).
-void Model::medusa_draft(const StepInput& in, StepOutput* out) {
+Status Model::medusa_draft(const StepInput& in, StepOutput* out) {
   const int G = int(in.groups.size()), H = cfg_.hidden, V = cfg_.vocab, K = std::max(1, in.medusa_k);
   int heads = 0;
   for (const auto& g : in.groups)
     if (g.medusa >= 0) heads = std::max(heads, medusa_[g.medusa].heads);
   out->medusa_heads = heads;
   out->medusa_ids.assign(size_t(G) * heads * K, -1);
-  if (heads == 0) return;
-  std::vector<float> x, t, z, logits;
+  if (heads == 0) return Status::Ok();
+  float *x = buf<float>(med_x_), *t = buf<float>(med_t_), *z = buf<float>(med_z_), *logits = buf<float>(med_logits_);
   std::vector<int32_t> idx;
+  std::vector<int64_t> offs;
   for (int g = 0; g < G; g++) {
     const auto& gr = in.groups[g];
     if (gr.medusa < 0) continue;
     const MedusaSet& ms = medusa_[gr.medusa];
-    x.assign(xo_.begin() + size_t(out->last_row[g]) * H, xo_.begin() + size_t(out->last_row[g] + 1) * H);
-    t.resize(H);
-    z.resize(size_t(ms.heads) * H);
+    offs = {0, int64_t(out->last_row[g]) * H};
+    const int64_t* offs_p;
+    LX_TRY(stage(offs.data(), 2, &offs_p));
+    be_->copy_rows(x, offs_p, buf<float>(xo_), offs_p + 1, 1, H);
+    const float *w = buf<float>(ms.w), *b = buf<float>(ms.b);
     for (int h = 0; h < ms.heads; h++) {
-      be_->linear(x.data(), 1, Mat{ms.w.data() + size_t(h) * H * H, DType::F32, H, H}, ms.b.data() + size_t(h) * H, t.data(), false);
-      for (int i = 0; i < H; i++) z[size_t(h) * H + i] = x[i] + t[i] / (1.f + std::exp(-t[i]));
+      be_->linear(x, 1, Mat{w + size_t(h) * H * H, DType::F32, H, H}, b + size_t(h) * H, t, false);
+      be_->add_silu(x, t, H, z + size_t(h) * H);
     }
-    logits.resize(size_t(ms.heads) * V);
     if (ms.own_lm_head)
       for (int h = 0; h < ms.heads; h++)
-        be_->linear(z.data() + size_t(h) * H, 1, Mat{ms.lm.data() + size_t(h) * V * H, DType::F32, V, H}, nullptr, logits.data() + size_t(h) * V, false);
+        be_->linear(z + size_t(h) * H, 1, Mat{buf<float>(ms.lm) + size_t(h) * V * H, DType::F32, V, H}, nullptr, logits + size_t(h) * V, false);
     else
-      be_->linear(z.data(), ms.heads, lm_head_, nullptr, logits.data(), false);
+      be_->linear(z, ms.heads, lm_head_, nullptr, logits, false);
+    const void* lv;
+    LX_TRY(be_->view(logits, size_t(ms.heads) * V * sizeof(float), &lv));
     for (int h = 0; h < ms.heads; h++) {
-      const float* l = logits.data() + size_t(h) * V;
+      const float* l = static_cast<const float*>(lv) + size_t(h) * V;
       idx.resize(V);
       std::iota(idx.begin(), idx.end(), 0);
       std::partial_sort(idx.begin(), idx.begin() + K, idx.end(), [l](int32_t a, int32_t b) { return l[a] > l[b] || (l[a] == l[b] && a < b); });
       for (int k = 0; k < K; k++) out->medusa_ids[(size_t(g) * heads + h) * K + k] = idx[k];
     }
   }
+  return Status::Ok();
 }
 
 size_t Model::lora_bytes(int slot) const {
-  return slot >= 0 && slot < int(lora_.size()) ? lora_[slot].storage.size() * sizeof(float) : 0;
+  return slot >= 0 && slot < int(lora_.size()) ? lora_[slot].bytes : 0;
 }
 
 void Model::lora_mm(const float* x, int T, const Mat& W, const float* bias, int layer, int target,
@@ -338,8 +368,7 @@ void Model::lora_mm(const float* x, int T, const Mat& W, const float* bias, int 
   for (int s : active_slots_) {
     const LoraMod& m = lora_[s].mods[mi];
     if (m.rank == 0) continue;
-    const auto& toks = slot_tokens_[s];
-    groups_.push_back(LoraGroup{m.A, m.Bt, m.rank, m.scale, int(toks.size()), toks.data()});
+    groups_.push_back(LoraGroup{m.A, m.Bt, m.rank, m.scale, int(slot_tokens_[s].size()), slot_tok_[s]});
   }
   if (!groups_.empty()) be_->lora(x, d_in(target), y, d_out(target), groups_.data(), int(groups_.size()));
 }
@@ -392,7 +421,8 @@ Status Model::step(StepInput& in, StepOutput* out) {
       if (!g.parent || g.parent[i] < 0 || g.parent[i] >= i) return Status::Invalid("speculative node " + std::to_string(i) + " has a bad parent (must be an earlier node)");
   }
 
-  auto group_slots = [&](int n, auto slot_of) {
+  // Tokens of each active LoRA slot, staged once for every layer's lora_mm.
+  auto group_slots = [&](int n, auto slot_of) -> Status {
     active_slots_.clear();
     if (slot_tokens_.size() != lora_.size()) slot_tokens_.assign(lora_.size(), {});
     for (auto& v : slot_tokens_) v.clear();
@@ -402,13 +432,23 @@ Status Model::step(StepInput& in, StepOutput* out) {
       if (slot_tokens_[s].empty()) active_slots_.push_back(s);
       slot_tokens_[s].push_back(i);
     }
+    if (active_slots_.empty()) return Status::Ok();
+    lora_tok_.clear();
+    for (int s : active_slots_) lora_tok_.insert(lora_tok_.end(), slot_tokens_[s].begin(), slot_tokens_[s].end());
+    const int32_t* staged;
+    LX_TRY(stage(lora_tok_.data(), lora_tok_.size(), &staged));
+    slot_tok_.assign(lora_.size(), nullptr);
+    for (int s : active_slots_) slot_tok_[s] = staged, staged += slot_tokens_[s].size();
+    return Status::Ok();
   };
-  group_slots(T, [&](int i) { return in.adapter[i]; });
+  be_->begin_step();
+  LX_TRY(group_slots(T, [&](int i) { return in.adapter[i]; }));
 
   // Embeddings and RoPE tables.
-  float* x = x_.data();
-  for (int t = 0; t < T; t++)
-    for (int i = 0; i < H; i++) x[size_t(t) * H + i] = load_as_f32(embed_.data, embed_.dtype, int64_t(in.tokens[t]) * H + i);
+  float* x = buf<float>(x_);
+  const int32_t* tokens;
+  LX_TRY(stage(in.tokens, T, &tokens));
+  be_->embed(tokens, T, embed_, x);
   const int half = c.head_dim / 2;
   for (int t = 0; t < T; t++)
     for (int i = 0; i < half; i++) {
@@ -416,21 +456,51 @@ Status Model::step(StepInput& in, StepOutput* out) {
       cos_[size_t(t) * half + i] = float(std::cos(double(ang)));
       sin_[size_t(t) * half + i] = float(std::sin(double(ang)));
     }
+  const float *cos_p, *sin_p;
+  LX_TRY(stage(cos_.data(), size_t(T) * half, &cos_p));
+  LX_TRY(stage(sin_.data(), size_t(T) * half, &sin_p));
 
-  const int KD = c.n_kv * c.head_dim;
+  const int KD = c.n_kv * c.head_dim, hd = c.head_dim;
   const size_t per_layer = size_t(kv_blocks_) * c.n_kv * bs * c.head_dim;
+  float* kv = buf<float>(kv_);
+  std::vector<int64_t> dst_off, src_off;
+  const int64_t *dst_p, *src_p;
   // KV moves first (compaction of accepted speculative tokens): they read slots this step may overwrite.
   for (int i = 0; i < in.n_moves; i++) {
     const int32_t* tbl = in.bt + in.bt_offsets[in.kv_moves[i * 3]];
     const int f = in.kv_moves[i * 3 + 1], d = in.kv_moves[i * 3 + 2];
+    dst_off.clear();
+    src_off.clear();
     for (int l = 0; l < c.n_layers; l++)
       for (int part = 0; part < 2; part++) {
-        float* base = kv_.data() + per_layer * (2 * l + part);
-        for (int h = 0; h < c.n_kv; h++)
-          std::copy_n(base + ((size_t(tbl[f / bs]) * c.n_kv + h) * bs + f % bs) * c.head_dim, c.head_dim,
-                      base + ((size_t(tbl[d / bs]) * c.n_kv + h) * bs + d % bs) * c.head_dim);
+        const int64_t base = int64_t(per_layer) * (2 * l + part);
+        for (int h = 0; h < c.n_kv; h++) {
+          src_off.push_back(base + ((int64_t(tbl[f / bs]) * c.n_kv + h) * bs + f % bs) * hd);
+          dst_off.push_back(base + ((int64_t(tbl[d / bs]) * c.n_kv + h) * bs + d % bs) * hd);
+        }
       }
+    LX_TRY(stage(dst_off.data(), dst_off.size(), &dst_p));
+    LX_TRY(stage(src_off.data(), src_off.size(), &src_p));
+    be_->copy_rows(kv, dst_p, kv, src_p, int(dst_off.size()), hd);
   }
+  // Where each token's K and V rows go in a layer's cache (the same for every layer).
+  dst_off.clear();
+  src_off.clear();
+  for (int t = 0; t < T; t++) {
+    const int j = kv_idx[t];
+    const int64_t blk = tables[t][j / bs];
+    for (int h = 0; h < c.n_kv; h++) {
+      dst_off.push_back(((blk * c.n_kv + h) * bs + j % bs) * hd);
+      src_off.push_back(int64_t(t) * KD + int64_t(h) * hd);
+    }
+  }
+  const int64_t *kv_dst, *kv_src;
+  LX_TRY(stage(dst_off.data(), dst_off.size(), &kv_dst));
+  LX_TRY(stage(src_off.data(), src_off.size(), &kv_src));
+  // Attention inputs: block tables point into the staged block ids.
+  const int32_t* bt_p;
+  LX_TRY(stage(in.bt, size_t(in.bt_offsets[in.S]), &bt_p));
+  for (int t = 0; t < T; t++) tables[t] = bt_p + in.bt_offsets[in.seq[t]];
   AttnArgs aa;
   aa.T = T;
   aa.n_heads = c.n_heads;
@@ -438,43 +508,42 @@ Status Model::step(StepInput& in, StepOutput* out) {
   aa.head_dim = c.head_dim;
   aa.scale = 1.f / std::sqrt(float(c.head_dim));
   aa.block_size = bs;
-  aa.kv_len = kv_len.data();
-  aa.kv_begin = kv_begin.data();
-  aa.block_table = tables.data();
-  aa.tree_base = in.tree_base;
-  aa.tree_mask = in.tree_mask;
+  LX_TRY(stage(kv_len.data(), T, &aa.kv_len));
+  LX_TRY(stage(tables.data(), T, &aa.block_table));
+  if (in.tree_base) {
+    LX_TRY(stage(in.tree_base, T, &aa.tree_base));
+    LX_TRY(stage(in.tree_mask, T, &aa.tree_mask));
+  }
 
+  float *xb = buf<float>(xb_), *q = buf<float>(q_), *k = buf<float>(k_), *v = buf<float>(v_), *att = buf<float>(att_),
+        *gate = buf<float>(gate_), *up = buf<float>(up_);
   for (int l = 0; l < c.n_layers; l++) {
     Layer& L = layers_[l];
-    float* kc = kv_.data() + per_layer * 2 * l;
+    float* kc = kv + per_layer * 2 * l;
     float* vc = kc + per_layer;
-    be_->rmsnorm(x, T, H, L.ln1.data(), c.rms_eps, xb_.data());
-    lora_mm(xb_.data(), T, L.wq, L.bq.empty() ? nullptr : L.bq.data(), l, kQ, q_.data(), false);
-    lora_mm(xb_.data(), T, L.wk, L.bk.empty() ? nullptr : L.bk.data(), l, kK, k_.data(), false);
-    lora_mm(xb_.data(), T, L.wv, L.bv.empty() ? nullptr : L.bv.data(), l, kV, v_.data(), false);
-    be_->rope(q_.data(), T, c.n_heads, c.head_dim, cos_.data(), sin_.data());
-    be_->rope(k_.data(), T, c.n_kv, c.head_dim, cos_.data(), sin_.data());
-    for (int t = 0; t < T; t++) {
-      const int j = kv_idx[t];
-      const size_t blk = size_t(tables[t][j / bs]);
-      for (int h = 0; h < c.n_kv; h++) {
-        const size_t dst = ((blk * c.n_kv + h) * bs + j % bs) * c.head_dim;
-        std::copy_n(k_.data() + size_t(t) * KD + size_t(h) * c.head_dim, c.head_dim, kc + dst);
-        std::copy_n(v_.data() + size_t(t) * KD + size_t(h) * c.head_dim, c.head_dim, vc + dst);
-      }
-    }
+    be_->rmsnorm(x, T, H, L.ln1_p, c.rms_eps, xb);
+    lora_mm(xb, T, L.wq, L.bq_p, l, kQ, q, false);
+    lora_mm(xb, T, L.wk, L.bk_p, l, kK, k, false);
+    lora_mm(xb, T, L.wv, L.bv_p, l, kV, v, false);
+    be_->rope(q, T, c.n_heads, c.head_dim, cos_p, sin_p);
+    be_->rope(k, T, c.n_kv, c.head_dim, cos_p, sin_p);
+    be_->copy_rows(kc, kv_dst, k, kv_src, T * c.n_kv, hd);
+    be_->copy_rows(vc, kv_dst, v, kv_src, T * c.n_kv, hd);
     const int w = c.window[l];
-    // The window counts positions (speculative rows sit at later KV slots than their positions).
-    for (int t = 0; t < T; t++) kv_begin[t] = w > 0 ? std::max(0, std::min(kv_len[t], in.positions[t] + 1) - w) : 0;
+    if (l == 0 || w != c.window[l - 1]) {
+      // The window counts positions (speculative rows sit at later KV slots than their positions).
+      for (int t = 0; t < T; t++) kv_begin[t] = w > 0 ? std::max(0, std::min(kv_len[t], in.positions[t] + 1) - w) : 0;
+      LX_TRY(stage(kv_begin.data(), T, &aa.kv_begin));
+    }
     aa.k_cache = kc;
     aa.v_cache = vc;
-    be_->attention(aa, q_.data(), att_.data());
-    lora_mm(att_.data(), T, L.wo, nullptr, l, kO, x, true);
-    be_->rmsnorm(x, T, H, L.ln2.data(), c.rms_eps, xb_.data());
-    lora_mm(xb_.data(), T, L.wg, nullptr, l, kGate, gate_.data(), false);
-    lora_mm(xb_.data(), T, L.wu, nullptr, l, kUp, up_.data(), false);
-    be_->silu_mul(gate_.data(), up_.data(), int64_t(T) * c.intermediate, gate_.data());
-    lora_mm(gate_.data(), T, L.wd, nullptr, l, kDown, x, true);
+    be_->attention(aa, q, att);
+    lora_mm(att, T, L.wo, nullptr, l, kO, x, true);
+    be_->rmsnorm(x, T, H, L.ln2_p, c.rms_eps, xb);
+    lora_mm(xb, T, L.wg, nullptr, l, kGate, gate, false);
+    lora_mm(xb, T, L.wu, nullptr, l, kUp, up, false);
+    be_->silu_mul(gate, up, int64_t(T) * c.intermediate, gate);
+    lora_mm(gate, T, L.wd, nullptr, l, kDown, x, true);
   }
 
   // Output rows: final norm, lm_head (with each row's adapter), sampling.
@@ -483,16 +552,29 @@ Status Model::step(StepInput& in, StepOutput* out) {
   out->target_logprobs.assign(R, 0.f);
   out->top_ids.assign(size_t(R) * in.n_top, -1);
   out->top_logprobs.assign(size_t(R) * in.n_top, 0.f);
-  if (R == 0) return Status::Ok();
-  for (int r = 0; r < R; r++) std::copy_n(x + size_t(in.out_rows[r]) * H, H, xb_.data() + size_t(r) * H);
-  be_->rmsnorm(xb_.data(), R, H, final_norm_.data(), c.rms_eps, xo_.data());
-  if (in.want_hidden) out->hidden.assign(xo_.begin(), xo_.begin() + size_t(R) * H);
-  group_slots(R, [&](int r) { return in.adapter[in.out_rows[r]]; });
-  lora_mm(xo_.data(), R, lm_head_, nullptr, -1, kLmHead, logits_.data(), false);
-  if (in.want_logits) out->logits.assign(logits_.begin(), logits_.begin() + size_t(R) * c.vocab);
+  if (R == 0) return be_->sync();
+  dst_off.clear();
+  src_off.clear();
+  for (int r = 0; r < R; r++) dst_off.push_back(int64_t(r) * H), src_off.push_back(int64_t(in.out_rows[r]) * H);
+  LX_TRY(stage(dst_off.data(), R, &dst_p));
+  LX_TRY(stage(src_off.data(), R, &src_p));
+  be_->copy_rows(xb, dst_p, x, src_p, R, H);
+  float *xo = buf<float>(xo_), *logits = buf<float>(logits_);
+  be_->rmsnorm(xb, R, H, final_norm_p_, c.rms_eps, xo);
+  const void* hv;
+  if (in.want_hidden) {
+    LX_TRY(be_->view(xo, size_t(R) * H * sizeof(float), &hv));
+    out->hidden.assign(static_cast<const float*>(hv), static_cast<const float*>(hv) + size_t(R) * H);
+  }
+  LX_TRY(group_slots(R, [&](int r) { return in.adapter[in.out_rows[r]]; }));
+  lora_mm(xo, R, lm_head_, nullptr, -1, kLmHead, logits, false);
+  const void* lv;
+  LX_TRY(be_->view(logits, size_t(R) * c.vocab * sizeof(float), &lv));
+  const float* logits_h = static_cast<const float*>(lv);
+  if (in.want_logits) out->logits.assign(logits_h, logits_h + size_t(R) * c.vocab);
 
   const int V = c.vocab;
-  for (int r = 0; r < R; r++) in.rows[r].logits = logits_.data() + size_t(r) * V;
+  for (int r = 0; r < R; r++) in.rows[r].logits = logits_h + size_t(r) * V;
   // Rows of speculative trees are sampled by their group's verification, the others one by one.
   std::vector<char> in_tree(R, 0);
   for (const auto& g : in.groups)
@@ -552,8 +634,8 @@ Status Model::step(StepInput& in, StepOutput* out) {
       out->last_row[g] = res.last_row;
     }
   });
-  medusa_draft(in, out);
-  return Status::Ok();
+  LX_TRY(medusa_draft(in, out));
+  return be_->sync();
 }
 
 }  // namespace lx

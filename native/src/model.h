@@ -1,5 +1,6 @@
 // The model: mapped weights, config, paged KV memory, the LoRA pool and one forward pass per engine step.
-// It computes only through the Backend interface and samples through sampler.h; no JavaScript types here.
+// It computes only through the Backend interface, in the backend's op memory (host or device, it never asks
+// which), and samples through sampler.h on the host; no JavaScript types here.
 #pragma once
 #include <memory>
 #include <string>
@@ -30,11 +31,15 @@ struct TensorRef {
 struct LoadOptions {
   ModelConfig cfg;
   std::vector<std::string> files;
+  // Files already in memory (tests, benchmarks): used instead of `files` when not empty; the caller keeps
+  // them alive for the model's life. TensorRef::file indexes this list then.
+  std::vector<std::pair<const void*, size_t>> memory_files;
   std::vector<TensorRef> tensors;
   int kv_blocks = 0, block_size = 16;
   int max_step_tokens = 512, max_out_rows = 64;
   int threads = 0;
   bool reference = false;
+  std::string device = "cpu";  // cpu | cuda | auto (see make_backend)
   int weight_dtype = -1;  // -1: as stored; else DType to convert matrices to at load
   int lora_slots = 0;
   int lora_max_rank = 128;
@@ -125,7 +130,7 @@ class Model {
   Backend& backend() { return *be_; }
   int kv_blocks() const { return kv_blocks_; }
   int block_size() const { return block_size_; }
-  size_t kv_bytes() const { return kv_.size() * sizeof(float); }
+  size_t kv_bytes() const { return kv_bytes_; }
   size_t weight_bytes() const { return weight_bytes_; }
   int max_step_tokens() const { return max_T_; }
   int max_out_rows() const { return max_R_; }
@@ -133,18 +138,20 @@ class Model {
  private:
   Model() = default;
   struct Layer {
-    Mat wq, wk, wv, wo, wg, wu, wd;
-    std::vector<float> bq, bk, bv, ln1, ln2;  // owned f32 copies of small vectors
+    Mat wq, wk, wv, wo, wg, wu, wd;            // op memory
+    std::vector<float> bq, bk, bv, ln1, ln2;  // owned f32 copies of small vectors (host)
+    const float *bq_p = nullptr, *bk_p = nullptr, *bv_p = nullptr, *ln1_p = nullptr, *ln2_p = nullptr;  // op memory
   };
   struct LoraMod {
     int rank = 0;
     float scale = 0.f;
-    const float* A = nullptr;   // [rank, d_in]
-    const float* Bt = nullptr;  // [rank, d_out]
+    const float* A = nullptr;   // [rank, d_in] op memory
+    const float* Bt = nullptr;  // [rank, d_out] op memory
   };
   struct LoraSlot {
     bool used = false;
-    std::vector<float> storage;
+    Buffer storage;  // op memory: every module's A then Bt
+    size_t bytes = 0;
     std::vector<LoraMod> mods;  // [n_layers * kNumTargets + 1]; the last is lm_head
   };
 
@@ -152,31 +159,45 @@ class Model {
                float* y, bool accumulate);
   int d_in(int target) const;
   int d_out(int target) const;
+  template <typename T>
+  Status stage(const T* host, size_t n, const T** out) {
+    const void* p;
+    LX_TRY(be_->stage(host, n * sizeof(T), &p));
+    *out = static_cast<const T*>(p);
+    return Status::Ok();
+  }
 
   ModelConfig cfg_;
-  std::unique_ptr<Backend> be_;
+  std::unique_ptr<Backend> be_;  // declared before every Buffer: it outlives them
   bool reference_ = false;
   std::vector<std::pair<void*, size_t>> maps_;  // mmapped files
-  std::vector<std::vector<uint8_t>> owned_;     // converted matrices
+  std::vector<std::vector<uint8_t>> owned_;     // converted matrices (host)
   size_t weight_bytes_ = 0;
-  Mat embed_, lm_head_;
+  Mat embed_, lm_head_;  // op memory
   std::vector<float> final_norm_;
+  const float* final_norm_p_ = nullptr;  // op memory
   std::vector<Layer> layers_;
   int kv_blocks_ = 0, block_size_ = 16;
-  std::vector<float> kv_;  // per layer: K [n_blocks, n_kv, bs, hd] then V, layers back to back
+  Buffer kv_;  // per layer: K [n_blocks, n_kv, bs, hd] then V, layers back to back
+  size_t kv_bytes_ = 0;
   int max_T_ = 0, max_R_ = 0;
-  std::vector<float> x_, xb_, q_, k_, v_, att_, gate_, up_, cos_, sin_, xo_, logits_;
+  Buffer x_, xb_, q_, k_, v_, att_, gate_, up_, xo_, logits_;  // op memory activations
+  std::vector<float> cos_, sin_;                                // host, staged per step
+  static constexpr int kMaxMedusaHeads = 16;
   struct MedusaSet {
     int heads = 0;
     bool own_lm_head = false;
-    std::vector<float> w, b, lm;
+    Buffer w, b, lm;  // op memory [heads, H, H], [heads, H], [heads, V, H]
   };
   std::vector<MedusaSet> medusa_;  // slots, grown on load
-  void medusa_draft(const StepInput& in, StepOutput* out);
+  Buffer med_x_, med_t_, med_z_, med_logits_;  // op memory: [H], [H], [heads, H], [heads, V]
+  Status medusa_draft(const StepInput& in, StepOutput* out);
   std::vector<LoraSlot> lora_;
   int lora_max_rank_ = 0;
   std::vector<std::vector<int32_t>> slot_tokens_;  // per step: tokens of each active slot
   std::vector<int> active_slots_;
+  std::vector<int32_t> lora_tok_;                  // the active slots' tokens back to back (host)
+  std::vector<const int32_t*> slot_tok_;           // per slot: its tokens, staged
   std::vector<LoraGroup> groups_;
 };
 

@@ -1,0 +1,336 @@
+// The CUDA backend: device memory for weights, KV cache and activations, one compute stream, pinned staging
+// arenas for step inputs and read-backs, and CUDA errors turned into Status (never an abort). Kernels live in
+// the other .cu files; host helpers (softmax, logsumexp, parallel_for for sampling) run on an embedded CPU backend.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <mutex>
+#include <vector>
+
+#include "../backend.h"
+#include "ops.cuh"
+
+namespace lx {
+namespace {
+
+Status cuda_status(cudaError_t e, const std::string& what) {
+  std::string m = "CUDA " + what + " failed: " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")";
+  return e == cudaErrorMemoryAllocation ? Status::NoMem(m) : Status::Internal(m);
+}
+
+size_t align256(size_t n) { return (n + 255) & ~size_t(255); }
+
+// Pinned host memory (and, for staging, a device twin) handed out in 256-byte aligned pieces until reset().
+class Arena {
+ public:
+  explicit Arena(bool device) : device_(device) {}
+  ~Arena() { free_all(); }
+  cudaError_t take(size_t bytes, char** h, char** d) {
+    bytes = align256(std::max<size_t>(bytes, 1));
+    for (Chunk& c : chunks_)
+      if (c.size - c.used >= bytes) {
+        *h = c.h + c.used, *d = c.d ? c.d + c.used : nullptr;
+        c.used += bytes;
+        return cudaSuccess;
+      }
+    Chunk c;
+    c.size = std::max<size_t>({bytes, size_t(4) << 20, chunks_.empty() ? 0 : 2 * chunks_.back().size});
+    cudaError_t e = cudaHostAlloc(reinterpret_cast<void**>(&c.h), c.size, cudaHostAllocDefault);
+    if (e != cudaSuccess) return e;
+    if (device_ && (e = cudaMalloc(reinterpret_cast<void**>(&c.d), c.size)) != cudaSuccess) {
+      cudaFreeHost(c.h);
+      return e;
+    }
+    c.used = bytes;
+    *h = c.h, *d = c.d;
+    chunks_.push_back(c);
+    return cudaSuccess;
+  }
+  void reset() {
+    for (Chunk& c : chunks_) c.used = 0;
+  }
+  void free_all() {
+    for (Chunk& c : chunks_) {
+      cudaFreeHost(c.h);
+      if (c.d) cudaFree(c.d);
+    }
+    chunks_.clear();
+  }
+
+ private:
+  struct Chunk {
+    char *h = nullptr, *d = nullptr;
+    size_t size = 0, used = 0;
+  };
+  bool device_;
+  std::vector<Chunk> chunks_;
+};
+
+class CudaBackend final : public Backend {
+ public:
+  static Status create(int n_threads, std::unique_ptr<Backend>* out) {
+    const CudaInfo& ci = cuda_info();
+    if (!ci.usable) return Status::Invalid("device \"cuda\" is not available: " + ci.error + "; use device \"cpu\"");
+    std::unique_ptr<CudaBackend> b(new CudaBackend());
+    b->name_ = "cuda-" + ci.name;
+    b->sms_ = ci.sms;
+    cudaError_t e = cudaSetDevice(b->dev_);
+    if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&b->s_, cudaStreamNonBlocking);
+    if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&b->up_, cudaStreamNonBlocking);
+    if (e == cudaSuccess) e = cu::gemm_setup();
+    if (e != cudaSuccess) return cuda_status(e, "backend set-up");
+    b->host_ = make_cpu_backend(false, n_threads);
+    *out = std::move(b);
+    return Status::Ok();
+  }
+
+  ~CudaBackend() override {
+    cudaSetDevice(dev_);
+    if (s_) cudaStreamSynchronize(s_);
+    free_pending();
+    for (void* p : consts_) cudaFree(p);
+    if (ws_) cudaFree(ws_);
+    stage_.free_all();
+    read_.free_all();
+    if (s_) cudaStreamDestroy(s_);
+    if (up_) cudaStreamDestroy(up_);
+  }
+
+  std::string name() const override { return name_; }
+  int threads() const override { return host_->threads(); }
+
+  void linear(const float* x, int T, const Mat& W, const float* bias, float* y, bool acc) override {
+    if (!err_.ok() || T <= 0 || W.rows == 0) return;
+    const cu::GemmPlan p = cu::gemm_plan(T, int(W.rows), int(W.cols), W.dtype, W.data, sms_);
+    void* ws = workspace(p.ws_bytes);
+    if (ws || p.ws_bytes == 0) check(cu::gemm(x, T, W.data, W.dtype, int(W.rows), int(W.cols), bias, y, acc, p, ws, s_), "linear");
+  }
+  void rmsnorm(const float* x, int T, int H, const float* w, float eps, float* out) override {
+    if (err_.ok()) check(cu::rmsnorm(x, T, H, w, eps, out, s_), "rmsnorm");
+  }
+  void rope(float* x, int T, int nh, int hd, const float* c, const float* s) override {
+    if (err_.ok()) check(cu::rope(x, T, nh, hd, c, s, s_), "rope");
+  }
+  void silu_mul(const float* g, const float* u, int64_t n, float* out) override {
+    if (err_.ok()) check(cu::silu_mul(g, u, n, out, s_), "silu_mul");
+  }
+  void attention(const AttnArgs& a, const float* q, float* out) override {
+    if (!err_.ok()) return;
+    if (a.head_dim > 256 || a.head_dim <= 0 || a.n_kv <= 0 || a.n_heads % a.n_kv != 0) {
+      err_ = Status::Invalid("CUDA attention supports head_dim up to 256 with n_heads a multiple of n_kv; got head_dim " +
+                             std::to_string(a.head_dim));
+      return;
+    }
+    check(cu::attention(a, q, out, s_), "attention");
+  }
+  void lora(const float* x, int d_in, float* y, int d_out, const LoraGroup* g, int n) override {
+    if (!err_.ok()) return;
+    const size_t floats = cu::lora_ws_floats(g, n);
+    float* ws = static_cast<float*>(workspace(floats * sizeof(float)));
+    if (ws || floats == 0) check(cu::lora(x, d_in, y, d_out, g, n, ws, s_), "lora");
+  }
+  void embed(const int32_t* tokens, int T, const Mat& E, float* x) override {
+    if (err_.ok()) check(cu::embed(tokens, T, E.data, E.dtype, E.cols, x, s_), "embed");
+  }
+  void copy_rows(float* dst, const int64_t* doff, const float* src, const int64_t* soff, int n, int len) override {
+    if (err_.ok()) check(cu::copy_rows(dst, doff, src, soff, n, len, s_), "copy_rows");
+  }
+  void add_silu(const float* x, const float* t, int64_t n, float* out) override {
+    if (err_.ok()) check(cu::add_silu(x, t, n, out, s_), "add_silu");
+  }
+
+  void softmax(float* x, int64_t n) override { host_->softmax(x, n); }
+  double logsumexp(const float* x, int64_t n) override { return host_->logsumexp(x, n); }
+  void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn) override { host_->parallel_for(n, fn); }
+
+  Status alloc(size_t bytes, Buffer* out) override {
+    cudaSetDevice(dev_);
+    void* p = nullptr;
+    cudaError_t e = cudaMalloc(&p, std::max<size_t>(bytes, 1));
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      size_t free_b = 0, total_b = 0;
+      cudaMemGetInfo(&free_b, &total_b);
+      return Status::NoMem("cannot allocate " + std::to_string(bytes) + " bytes of GPU memory (" + std::to_string(free_b >> 20) +
+                           " MiB free of " + std::to_string(total_b >> 20) + " MiB): " + cudaGetErrorString(e));
+    }
+    e = cudaMemsetAsync(p, 0, bytes, up_);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(up_);
+    if (e != cudaSuccess) {
+      cudaFree(p);
+      return cuda_status(e, "memset");
+    }
+    *out = Buffer(p, BufferFree{this});
+    return Status::Ok();
+  }
+  // Frees wait for the device: deferred to the next begin_step()/sync() so that a thread dropping an adapter
+  // does not stall behind a running step.
+  void release(void* p) override {
+    std::lock_guard<std::mutex> lk(mu_);
+    pending_.push_back(p);
+  }
+  Status upload(void* dst, const void* host, size_t bytes) override {
+    if (!bytes) return Status::Ok();
+    cudaSetDevice(dev_);
+    cudaError_t e = cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, up_);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(up_);
+    return e == cudaSuccess ? Status::Ok() : cuda_status(e, "upload of " + std::to_string(bytes) + " bytes");
+  }
+  Status download(void* host, const void* src, size_t bytes) override {
+    if (!err_.ok()) return take_error();
+    if (!bytes) return Status::Ok();
+    cudaError_t e = cudaMemcpyAsync(host, src, bytes, cudaMemcpyDeviceToHost, s_);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(s_);
+    return e == cudaSuccess ? Status::Ok() : cuda_status(e, "download of " + std::to_string(bytes) + " bytes");
+  }
+  Status constant(const Mat& host, Mat* out) override {
+    const size_t bytes = size_t(host.rows) * size_t(host.cols) * dtype_size(host.dtype);
+    cudaSetDevice(dev_);
+    void* p = nullptr;
+    cudaError_t e = cudaMalloc(&p, std::max<size_t>(bytes, 1));
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      size_t free_b = 0, total_b = 0;
+      cudaMemGetInfo(&free_b, &total_b);
+      return Status::NoMem("cannot allocate " + std::to_string(bytes) + " bytes of GPU memory for weights (" +
+                           std::to_string(free_b >> 20) + " MiB free of " + std::to_string(total_b >> 20) + " MiB)");
+    }
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      consts_.push_back(p);
+    }
+    LX_TRY(upload(p, host.data, bytes));
+    *out = Mat{p, host.dtype, host.rows, host.cols};
+    return Status::Ok();
+  }
+  Status stage(const void* host, size_t bytes, const void** out) override {
+    *out = nullptr;
+    if (!err_.ok()) return take_error();
+    char *h, *d;
+    cudaError_t e = stage_.take(bytes, &h, &d);
+    if (e == cudaSuccess) {
+      if (bytes) std::memcpy(h, host, bytes);
+      e = bytes ? cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, s_) : cudaSuccess;
+    }
+    if (e != cudaSuccess) return cuda_status(e, "staging of " + std::to_string(bytes) + " bytes of step input");
+    *out = d;
+    return Status::Ok();
+  }
+  Status view(const void* src, size_t bytes, const void** host) override {
+    *host = nullptr;
+    if (!err_.ok()) return take_error();
+    char *h, *d;
+    cudaError_t e = read_.take(bytes, &h, &d);
+    if (e == cudaSuccess && bytes) e = cudaMemcpyAsync(h, src, bytes, cudaMemcpyDeviceToHost, s_);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(s_);
+    if (e != cudaSuccess) return cuda_status(e, "read-back of " + std::to_string(bytes) + " bytes");
+    *host = h;
+    return Status::Ok();
+  }
+  void begin_step() override {
+    cudaSetDevice(dev_);
+    check(cudaStreamSynchronize(s_), "previous step");
+    free_pending();
+    stage_.reset();
+    read_.reset();
+  }
+  Status sync() override {
+    check(cudaStreamSynchronize(s_), "step");
+    free_pending();
+    return take_error();
+  }
+
+ private:
+  CudaBackend() = default;
+  void check(cudaError_t e, const char* what) {
+    if (e != cudaSuccess && err_.ok()) err_ = cuda_status(e, what);
+  }
+  Status take_error() {
+    Status s = err_;
+    err_ = Status::Ok();
+    return s;
+  }
+  // The shared scratch of linear (x as 16-bit, split-K partials) and lora (shrink output); ops run in stream
+  // order, so one at a time uses it. Growing waits for the stream.
+  void* workspace(size_t bytes) {
+    if (bytes <= ws_cap_) return ws_;
+    check(cudaStreamSynchronize(s_), "workspace growth");
+    const size_t want = std::max({bytes, 2 * ws_cap_, size_t(16) << 20});
+    if (ws_) cudaFree(ws_);
+    ws_ = nullptr;
+    ws_cap_ = 0;
+    cudaError_t e = cudaMalloc(&ws_, want);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      ws_ = nullptr;
+      err_ = Status::NoMem("cannot allocate " + std::to_string(want) + " bytes of GPU scratch memory");
+      return nullptr;
+    }
+    ws_cap_ = want;
+    return ws_;
+  }
+  void free_pending() {
+    std::vector<void*> p;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      p.swap(pending_);
+    }
+    for (void* q : p) cudaFree(q);
+  }
+
+  int dev_ = 0, sms_ = 0;
+  std::string name_;
+  cudaStream_t s_ = nullptr, up_ = nullptr;  // compute; uploads from any thread
+  std::unique_ptr<Backend> host_;
+  Status err_;  // the first failure since the last sync()
+  std::mutex mu_;
+  std::vector<void*> consts_, pending_;
+  Arena stage_{true}, read_{false};
+  void* ws_ = nullptr;
+  size_t ws_cap_ = 0;
+};
+
+}  // namespace
+
+const CudaInfo& cuda_info() {
+  static const CudaInfo info = [] {
+    CudaInfo i;
+    i.compiled = true;
+    cudaRuntimeGetVersion(&i.runtime_version);
+    cudaDriverGetVersion(&i.driver_version);
+    cudaError_t e = cudaGetDeviceCount(&i.devices);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      i.devices = 0;
+      i.error = std::string("no usable CUDA driver or GPU (") + cudaGetErrorString(e) + ")";
+      return i;
+    }
+    if (i.devices == 0) {
+      i.error = "no CUDA GPU is present";
+      return i;
+    }
+    cudaDeviceProp p{};
+    e = cudaGetDeviceProperties(&p, 0);
+    if (e == cudaSuccess) {
+      i.name = p.name;
+      i.cc_major = p.major, i.cc_minor = p.minor, i.sms = p.multiProcessorCount;
+      i.memory_bytes = double(p.totalGlobalMem);
+      e = cudaSetDevice(0);
+    }
+    if (e == cudaSuccess) e = cudaFree(nullptr);  // creates the context: fails on a prohibited or broken device
+    if (e == cudaSuccess) e = cu::probe_image();
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      i.error = "GPU 0 (" + i.name + ", compute capability " + std::to_string(i.cc_major) + "." + std::to_string(i.cc_minor) +
+                ") cannot run the built kernels (sm_90a code, compute_80 PTX): " + cudaGetErrorString(e);
+      return i;
+    }
+    i.usable = true;
+    return i;
+  }();
+  return info;
+}
+
+Status make_cuda_backend(int n_threads, std::unique_ptr<Backend>* out) { return CudaBackend::create(n_threads, out); }
+
+}  // namespace lx

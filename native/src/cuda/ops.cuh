@@ -1,0 +1,46 @@
+// Host-side launchers of the CUDA kernels, one per backend op: device pointers in, work queued on a stream,
+// the launch error out. Each op's CPU yardstick is its ref:: twin in kernels_ref.cc (or the CPU backend's
+// loop for embed/copy_rows/add_silu). Memory, errors-as-Status and op choice live in backend_cuda.cu.
+#pragma once
+#include <cuda_runtime.h>
+
+#include "../common.h"
+#include "../kernels.h"
+
+namespace lx::cu {
+
+cudaError_t embed(const int32_t* tokens, int T, const void* E, DType dt, int64_t H, float* x, cudaStream_t s);
+cudaError_t rmsnorm(const float* x, int T, int H, const float* w, float eps, float* out, cudaStream_t s);
+cudaError_t rope(float* x, int T, int n_heads, int head_dim, const float* cos, const float* sin, cudaStream_t s);
+cudaError_t silu_mul(const float* gate, const float* up, int64_t n, float* out, cudaStream_t s);
+cudaError_t add_silu(const float* x, const float* t, int64_t n, float* out, cudaStream_t s);
+cudaError_t copy_rows(float* dst, const int64_t* dst_off, const float* src, const int64_t* src_off, int n, int len,
+                      cudaStream_t s);
+
+// y[M,N] (+)= x[M,K] · W[N,K]^T + bias. BF16/F16 weights with K % 8 == 0 and 16-byte aligned W run on tensor
+// cores (x rounded to the weight's type, f32 accumulation, split-K when the grid would be small); anything
+// else on a plain f32 kernel.
+struct GemmPlan {
+  int kind = 0;    // 0 f32 SIMT, 1 tensor cores M ≤ 16, 2 M ≤ 64, 3 larger M
+  int splits = 1;  // K slices summed by a second kernel in a fixed order
+  int k_tiles_per_split = 0;
+  size_t ws_bytes = 0;  // workspace: x as 16-bit, then the split partials
+};
+GemmPlan gemm_plan(int M, int N, int K, DType wt, const void* W, int sms);
+cudaError_t gemm_setup();  // once per device: shared-memory limits of the tensor-core kernels
+cudaError_t gemm(const float* x, int M, const void* W, DType wt, int N, int K, const float* bias, float* y, bool accumulate,
+                 const GemmPlan& plan, void* ws, cudaStream_t s);
+
+// Paged attention over a varlen batch (prefill chunks and decode rows alike), head_dim ≤ 256.
+cudaError_t attention(const AttnArgs& a, const float* q, float* out, cudaStream_t s);
+
+// LoRA over groups of tokens (device pointers in each group): shrink s = A·x then expand y += scale·Bt^T s.
+// Decode-like batches (≤ 2 tokens per adapter) use the gather form (BGMV: one token per tile), others the
+// segment form (SGMV: tiles of up to 8 tokens of one adapter). ws holds lora_ws_floats() floats.
+size_t lora_ws_floats(const LoraGroup* g, int n_groups);
+cudaError_t lora(const float* x, int d_in, float* y, int d_out, const LoraGroup* g, int n_groups, float* ws, cudaStream_t s);
+
+// The kernel image check: cudaSuccess when the built code runs on the current device.
+cudaError_t probe_image();
+
+}  // namespace lx::cu
