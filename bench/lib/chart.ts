@@ -55,7 +55,8 @@ export function niceTicks(lo: number, hi: number, count = 6): number[] {
   const mag = 10 ** Math.floor(Math.log10(raw));
   const step = [1, 2, 2.5, 5, 10].map((k) => k * mag).find((s) => s >= raw) ?? 10 * mag;
   const out: number[] = [];
-  for (let v = Math.floor(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(Number(v.toPrecision(12)));
+  const first = Math.floor(lo / step), last = Math.ceil(hi / step - 1e-9);
+  for (let k = first; k <= last; k++) out.push(Number((k * step).toPrecision(12)));
   return out;
 }
 
@@ -125,7 +126,7 @@ export function barSvg(spec: BarChart): string {
   const fmt = spec.format ?? defaultFormat;
   const vals = spec.series.flatMap((s) => s.values.filter((v): v is number => v !== null && Number.isFinite(v)));
   const extras = [...(spec.targets ?? []).filter((v): v is number => v !== null), ...(spec.refLines ?? []).map((r) => r.y)];
-  const hi = Math.max(0, ...vals, ...extras) * 1.12 || 1;
+  const hi = Math.max(0, ...vals, ...extras) * 1.08 || 1;
   const { y, parts } = yAxis(0, hi, fmt);
   const plotW = W - M.left - M.right;
   const groupW = plotW / Math.max(1, spec.categories.length);
@@ -161,7 +162,7 @@ export function lineSvg(spec: LineChart): string {
   const pts = spec.series.flatMap((s) => s.points).filter(([x, v]) => Number.isFinite(x) && Number.isFinite(v));
   const xs = pts.map(([x]) => (spec.xLog2 ? Math.log2(x) : x));
   const xlo = Math.min(...xs), xhi = Math.max(...xs);
-  const ymax = Math.max(0, ...pts.map(([, v]) => v), ...(spec.refLines ?? []).map((r) => r.y)) * 1.12 || 1;
+  const ymax = Math.max(0, ...pts.map(([, v]) => v), ...(spec.refLines ?? []).map((r) => r.y)) * 1.08 || 1;
   const { y, parts } = yAxis(0, ymax, fmt);
   const span = xhi - xlo || 1;
   const x = (v: number) => M.left + 20 + (((spec.xLog2 ? Math.log2(v) : v) - xlo) / span) * (W - M.left - M.right - 40);

@@ -22,7 +22,7 @@ const section: BenchSection = {
       const companion: CoreCompanion | undefined = model && { prefill: (p) => model.prefill(p), decode: (ps, n) => model.decode(ps, n) };
       ctx.log(`${dtype}: measuring${model ? " with llama.cpp after each figure" : " (no peer: ours only)"}`);
       try {
-        const r = await benchCore(dtype, ctx.quick, ctx.hardware.bandwidth, { companion, concurrency, prefillReps: ctx.quick ? 1 : 3, newTokens: ctx.quick ? 5 : 16, decodePromptLen: ctx.quick ? 4 : 16 });
+        const r = await benchCore(dtype, ctx.quick, ctx.hardware.bandwidth, { companion, concurrency, prefillReps: ctx.quick ? 1 : 2, newTokens: ctx.quick ? 5 : 16, decodePromptLen: ctx.quick ? 4 : 16 });
         const ratios: Record<string, number> = {};
         if (r.companion) {
           ratios.prefill = ratio(r.prefillWallTokS, r.companion.prefillTokS);

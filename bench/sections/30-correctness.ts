@@ -27,9 +27,11 @@ const section: BenchSection = {
       engine.backend.close();
     }
     const model = await peer.loadModel(ctx.benchGguf("F32"));
-    let theirs;
+    // One single-sequence context per prompt: llama.cpp 3.21.1 with several sequences in one context (F32 KV, no
+    // flash attention) parts from its own single-sequence tokens after a few steps, so that path is no reference.
+    const theirs: { tokens: number[]; gaps: number[] }[] = [];
     try {
-      theirs = await model.greedy(ps, newTokens, true);
+      for (const p of ps) theirs.push((await model.greedy([p], newTokens, true))[0]);
     } finally {
       await model.close();
     }

@@ -8,7 +8,7 @@ import { Engine } from "../../engine/src/engine.js";
 import { readModelSpec } from "../../engine/src/model/config.js";
 import { baseShape, installAdapters, loraGguf, randomLora } from "../lib/adapters.js";
 import { decodeAcross } from "../lib/llama-cpp.js";
-import { engineDecode, median, prompts } from "../lib/measure.js";
+import { engineDecode, prompts } from "../lib/measure.js";
 import { fmtRate, fmtX, ratio, skipped, type BenchSection, type SummaryRow } from "../lib/section.js";
 
 export const MULTI_LORA_TARGET = 3; // ours, 32 streams over 32 adapters ÷ llama.cpp, 32 streams over 8 adapters
@@ -21,7 +21,7 @@ const section: BenchSection = {
     const dir = ctx.benchModel("F32");
     const spec = readModelSpec(dir);
     const counts = ctx.quick ? [1, 32] : [1, 2, 4, 8, 16, 32, 64, 128];
-    const newTokens = ctx.quick ? 4 : 12, promptLen = ctx.quick ? 4 : 8;
+    const newTokens = ctx.quick ? 4 : 8, promptLen = 4;
     const maxStreams = Math.max(STREAMS, ...counts);
     const engine = await Engine.create(dir, {
       kvBytes: 1.5 * 2 ** 30, blockSize: 16, maxStepTokens: 512, maxOutRows: Math.max(64, maxStreams), maxBatchPrefillTokens: 512,
@@ -31,45 +31,11 @@ const section: BenchSection = {
     const base = new Map<number, number[]>();
     const make = (i: number) => randomLora(baseShape(spec), RANK, i + 1);
     let keys: string[];
-    try {
-      try {
-        keys = await installAdapters(engine, 0, make);
-      } catch (e) {
-        return skipped(`our engine cannot serve adapters yet: ${(e as Error).message}`);
-      }
-      const baseRate = async (streams: number) => {
-        const r = (await engineDecode(engine, prompts(streams, promptLen, 11), newTokens)).wallTokS;
-        base.set(streams, [...(base.get(streams) ?? []), r]);
-        return r;
-      };
-      // The base rate at 32 streams is taken before and after the sweep (the machine's load drifts); other
-      // stream counts (64, 128) once, right before their adapter run.
-      await baseRate(STREAMS);
-      const runs: { n: number; streams: number; wallTokS: number }[] = [];
-      let loaded = 0;
-      for (const n of counts) {
-        const streams = Math.max(STREAMS, n);
-        // Made one at a time and dropped once copied into its slot (128 adapters are 3.6 GB in F32).
-        keys = await installAdapters(engine, n, make, loaded);
-        loaded = n;
-        if (!base.has(streams)) await baseRate(streams);
-        const r = await engineDecode(engine, prompts(streams, promptLen, 11), newTokens, Array.from({ length: streams }, (_, i) => keys[i % n]));
-        runs.push({ n, streams, wallTokS: r.wallTokS });
-        ctx.log(`ours: ${streams} streams over ${n} adapter(s): ${fmtRate(r.wallTokS)}`);
-      }
-      await baseRate(STREAMS);
-      ctx.log(`ours: base model at ${[...base].map(([k, v]) => `${k} streams ${v.map(fmtRate).join(", ")}`).join("; ")}`);
-      for (const r of runs) {
-        const b = median(base.get(r.streams)!);
-        ours.push({ adapters: r.n, streams: r.streams, wallTokS: r.wallTokS, baseWallTokS: b, ratio: ratio(r.wallTokS, b) });
-      }
-    } finally {
-      engine.backend.close();
-    }
-
     const peer = await ctx.peer();
     let llama: { adapters: number; streams: number; tokS: number; baseTokS?: number } | undefined;
-    if (peer) {
+    /** llama.cpp serving PEER_ADAPTERS of the same adapters, one context each; run right after our 32-adapter run. */
+    const measurePeer = async () => {
+      if (!peer) return;
       const loraDir = path.join(ctx.cacheDir, "lora");
       fs.mkdirSync(loraDir, { recursive: true });
       const files = Array.from({ length: PEER_ADAPTERS }, (_, i) => loraGguf(loraDir, spec, RANK, i + 1));
@@ -91,6 +57,34 @@ const section: BenchSection = {
       } finally {
         await model.close();
       }
+    };
+    try {
+      try {
+        keys = await installAdapters(engine, 0, make);
+      } catch (e) {
+        return skipped(`our engine cannot serve adapters yet: ${(e as Error).message}`);
+      }
+      const baseRate = async (streams: number) => {
+        const r = (await engineDecode(engine, prompts(streams, promptLen, 11), newTokens)).wallTokS;
+        base.set(streams, [...(base.get(streams) ?? []), r]);
+        return r;
+      };
+      // Each adapter run is paired with a base-model run of the same streams right before it: the machine's load
+      // drifts within a minute, so a ratio is only taken between neighbours.
+      let loaded = 0;
+      for (const n of counts) {
+        const streams = Math.max(STREAMS, n);
+        // Made one at a time and dropped once copied into its slot (128 adapters are 3.6 GB in F32).
+        keys = await installAdapters(engine, n, make, loaded);
+        loaded = n;
+        const b = await baseRate(streams);
+        const r = await engineDecode(engine, prompts(streams, promptLen, 11), newTokens, Array.from({ length: streams }, (_, i) => keys[i % n]));
+        ours.push({ adapters: n, streams, wallTokS: r.wallTokS, baseWallTokS: b, ratio: ratio(r.wallTokS, b) });
+        ctx.log(`ours: ${streams} streams over ${n} adapter(s): ${fmtRate(r.wallTokS)}, base model just before: ${fmtRate(b)} (${fmtX(ratio(r.wallTokS, b))})`);
+        if (n === STREAMS) await measurePeer();
+      }
+    } finally {
+      engine.backend.close();
     }
 
     const at32 = ours.find((o) => o.adapters === STREAMS);

@@ -12,7 +12,7 @@ const section: BenchSection = {
   name: "ttft",
   describe: "time to first token, requests arriving on a fixed schedule, ours (continuous batching) vs llama.cpp (a sequence per request)",
   async run(ctx) {
-    const n = ctx.quick ? 4 : 24, promptLen = ctx.quick ? 32 : 128, newTokens = ctx.quick ? 3 : 8;
+    const n = ctx.quick ? 4 : 16, promptLen = ctx.quick ? 32 : 96, newTokens = ctx.quick ? 3 : 8;
     // Arrivals paced by our measured prefill speed: a new prompt every 1.5 prompt-prefill times of ours.
     const core = ctx.results.get("engine-core")?.json as { runs?: { dtype: string; prefillWallTokS: number }[] } | undefined;
     const prefill = core?.runs?.find((r) => r.dtype === "F32")?.prefillWallTokS;
