@@ -1,5 +1,5 @@
 # Developer shortcuts; the README's commands (npm install, npm start, npm test) are the supported path.
-.PHONY: build test bench bench-quick lint demo-model tiny-models clean
+.PHONY: build test bench bench-quick lint demo-model tiny-models clean cuda
 
 build:
 	npx node-gyp build -j max
@@ -16,6 +16,10 @@ bench-quick:
 
 lint:
 	npx tsc -p tsconfig.json --noEmit
+
+# The native GPU check binary (build/gpu-check/gpu_check; nvcc + g++, no Node); scripts/gpu-check.sh runs it.
+cuda:
+	bash scripts/gpu-check.sh --build-only
 
 tiny-models:
 	npx tsx scripts/tiny-models.ts
