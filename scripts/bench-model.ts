@@ -59,7 +59,10 @@ export function writeBenchModel(dtype: DType, root = BENCH_MODEL_DIR): string {
   });
   const tok = path.join(ROOT, "node_modules", "@lenml", "tokenizer-llama2", "models");
   fs.copyFileSync(path.join(tok, "tokenizer.json"), path.join(dir, "tokenizer.json"));
-  fs.copyFileSync(path.join(tok, "tokenizer_config.json"), path.join(dir, "tokenizer_config.json"));
+  // The Llama-2 tokenizer config has no chat template: give the bench model a plain one (HTTP chat benchmarks).
+  const tokCfg = JSON.parse(fs.readFileSync(path.join(tok, "tokenizer_config.json"), "utf8"));
+  tokCfg.chat_template = "{% for m in messages %}{{ '[' + m['role'] + '] ' + m['content'] + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '[assistant] ' }}{% endif %}";
+  fs.writeFileSync(path.join(dir, "tokenizer_config.json"), JSON.stringify(tokCfg, null, 2));
   const { hidden, layers, heads, kvHeads, intermediate, vocab } = BENCH_SHAPE;
   fs.writeFileSync(
     path.join(dir, "config.json"),

@@ -1,12 +1,109 @@
-// Section "medusa" (slot for the speculative-decoding issue): batch-1 and batched decode with Medusa heads ÷
-// without, and accepted tokens per step. Not measured here until speculative decoding lands in the engine.
-import { skipped, type BenchSection } from "../lib/section.js";
+// Section "medusa" (speculative decoding issue): on the trained demo model with its trained Medusa heads, decode
+// tokens/s and tokens per verification step with speculation on ÷ off, at batch 1 and 8, greedy outputs
+// checked equal; and prompt-lookup decoding on copy-heavy prompts (answers that quote the prompt).
+import fs from "node:fs";
+import path from "node:path";
+
+import { readMedusa } from "../../engine/src/adapters/formats/medusa.js";
+import { Engine, type EngineOptions } from "../../engine/src/engine.js";
+import { DEFAULT_SAMPLING } from "../../engine/src/sampling.js";
+import { DEMO_MODEL_DIR } from "../../server/src/config.js";
+import { median } from "../lib/measure.js";
+import { fmtRate, fmtX, ratio, skipped, type BenchSection } from "../lib/section.js";
+
+const OPTS: EngineOptions = {
+  kvBytes: 256 << 20, blockSize: 16, maxStepTokens: 512, maxOutRows: 256, maxBatchPrefillTokens: 256,
+  maxWaitingTokens: 20, waitingServedRatio: 0, maxConcurrentRequests: 64,
+};
+
+const PROMPTS = ["The meaning of life is", "A friend in need", "You will", "Never trust a", "The best way to", "In the beginning", "Love is", "Today is a good day to"];
+
+async function run(engine: Engine, texts: string[], newTokens: number): Promise<{ tokS: number; outputs: number[][] }> {
+  const ids = texts.map((t) => engine.tokenizer.encode(t));
+  const t0 = performance.now();
+  let tokens = 0;
+  const outputs = await Promise.all(
+    ids.map(async (prompt) => {
+      const out: number[] = [];
+      for await (const e of engine.generate({ prompt, params: { ...DEFAULT_SAMPLING, maxNewTokens: newTokens, ignoreEos: true } }))
+        if (e.type === "token") out.push(e.id), tokens++;
+      return out;
+    }),
+  );
+  return { tokS: tokens / ((performance.now() - t0) / 1e3), outputs };
+}
 
 const section: BenchSection = {
   name: "medusa",
-  describe: "decode speedup with Medusa heads (and prompt-lookup decoding) ÷ plain decoding, accepted tokens per step (chart: medusa-speedup.png)",
-  async run() {
-    return skipped("not wired yet: the Medusa / speculative decoding issue adds its measurement here (same prompts with and without heads, greedy outputs must match)");
+  describe: "demo model: decode speedup and tokens per step with its Medusa heads (batch 1 and 8) and with prompt lookup on copy-heavy prompts",
+  async run(ctx) {
+    if (!fs.existsSync(path.join(DEMO_MODEL_DIR, "medusa", "config.json"))) return skipped(`no demo Medusa heads in ${DEMO_MODEL_DIR}/medusa (make demo-model)`);
+    const plain = await Engine.create(DEMO_MODEL_DIR, OPTS);
+    const medusa = await Engine.create(DEMO_MODEL_DIR, { ...OPTS, medusaTreeSize: 12 });
+    const heads = await readMedusa(path.join(DEMO_MODEL_DIR, "medusa"), {
+      numLayers: medusa.spec.numLayers, hiddenSize: medusa.spec.hiddenSize, intermediateSize: medusa.spec.intermediateSize, numHeads: medusa.spec.numHeads,
+      numKvHeads: medusa.spec.numKvHeads, headDim: medusa.spec.headDim, vocabSize: medusa.spec.vocabSize,
+    });
+    medusa.backend.medusaLoad(0, { heads: heads.heads, ownLmHead: heads.version === 1, w: heads.w, b: heads.b, lm: heads.lm });
+    medusa.setDefaultMedusa(0, heads.heads);
+    const lookup = await Engine.create(DEMO_MODEL_DIR, { ...OPTS, speculativeTokens: 6 });
+    const newTokens = ctx.quick ? 48 : 128;
+    const rows: { batch: number; plainTokS: number; medusaTokS: number; speedup: number; tokensPerStep: number; identical: boolean }[] = [];
+    try {
+      for (const batch of [1, 8]) {
+        const texts = PROMPTS.slice(0, batch);
+        const p: number[] = [], m: number[] = [];
+        let identical = true;
+        const before = { acc: medusa.specAccepted, steps: medusa.specSteps };
+        for (let rep = 0; rep < (ctx.quick ? 2 : 3); rep++) {
+          const a = await run(plain, texts, newTokens);
+          const b = await run(medusa, texts, newTokens);
+          p.push(a.tokS);
+          m.push(b.tokS);
+          identical &&= JSON.stringify(a.outputs) === JSON.stringify(b.outputs);
+        }
+        const tokensPerStep = 1 + (medusa.specAccepted - before.acc) / Math.max(1, medusa.specSteps - before.steps);
+        rows.push({ batch, plainTokS: median(p), medusaTokS: median(m), speedup: ratio(median(m), median(p)), tokensPerStep, identical });
+        ctx.log(`batch ${batch}: ${fmtRate(median(p))} → ${fmtRate(median(m))} with Medusa, ${tokensPerStep.toFixed(2)} tokens/step, outputs ${identical ? "identical" : "DIFFER"}`);
+      }
+      // Copy-heavy: the prompt holds a passage and the answer quotes it.
+      const passage = "Never put off till tomorrow what you can do the day after tomorrow. A clean desk is a sign of a cluttered drawer.";
+      const copy = [`${passage}\nAgain: ${passage.slice(0, 20)}`, `Quote: ${passage}\nQuote: ${passage.slice(0, 12)}`];
+      const lp: number[] = [], lq: number[] = [];
+      for (let rep = 0; rep < 2; rep++) {
+        lp.push((await run(plain, copy, newTokens)).tokS);
+        lq.push((await run(lookup, copy, newTokens)).tokS);
+      }
+      const lookupSpeedup = ratio(median(lq), median(lp));
+      const lookupPerStep = 1 + lookup.specAccepted / Math.max(1, lookup.specSteps);
+      ctx.log(`prompt lookup on copy-heavy prompts: ${fmtX(lookupSpeedup)}, ${lookupPerStep.toFixed(2)} tokens/step`);
+      const b1 = rows[0];
+      return {
+        json: { newTokens, heads: heads.heads, treeSize: 12, rows, lookup: { speedup: lookupSpeedup, tokensPerStep: lookupPerStep, plainTokS: median(lp), lookupTokS: median(lq) } },
+        summary: [
+          { figure: "Medusa tokens per step (batch 1)", value: b1.tokensPerStep.toFixed(2), target: "≥ 1.8", met: b1.tokensPerStep >= 1.8 },
+          { figure: "Medusa decode speedup, batch 1", value: `${fmtX(b1.speedup)} (${fmtRate(b1.medusaTokS)} vs ${fmtRate(b1.plainTokS)})`, target: "≥ 1.4×", met: b1.speedup >= 1.4 },
+          { figure: "Medusa decode speedup, batch 8", value: `${fmtX(rows[1].speedup)}` },
+          { figure: "greedy outputs with Medusa = without", value: rows.every((r) => r.identical) ? "identical" : "DIFFER", target: "identical", met: rows.every((r) => r.identical) },
+          { figure: "prompt lookup speedup, copy-heavy prompts", value: `${fmtX(lookupSpeedup)} (${lookupPerStep.toFixed(2)} tokens/step)` },
+        ],
+        charts: [
+          {
+            kind: "bars", file: "medusa-speedup.png", title: "Speculative decoding on the demo model", subtitle: `greedy, ${newTokens} tokens, ${heads.heads} Medusa heads`,
+            yLabel: "tokens/s", categories: ["batch 1", "batch 8", "copy-heavy (lookup)"],
+            series: [
+              { name: "plain", values: [rows[0].plainTokS, rows[1].plainTokS, median(lp)] },
+              { name: "speculative", values: [rows[0].medusaTokS, rows[1].medusaTokS, median(lq)] },
+            ],
+            format: (v) => v.toFixed(0),
+          },
+        ],
+      };
+    } finally {
+      plain.backend.close();
+      medusa.backend.close();
+      lookup.backend.close();
+    }
   },
 };
 

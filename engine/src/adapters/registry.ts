@@ -72,9 +72,12 @@ interface Entry {
   activating?: Promise<void>;
   /** A Medusa head set instead of a LoRA: its native slot. */
   medusa?: { slot: number; heads: number };
+  /** Milliseconds of the last cold load: fetching the files, parsing them, copying them into a slot. */
+  timings: { fetchMs: number; parseMs: number; activateMs: number };
 }
 
 export interface AdapterInfo {
+  timings: Entry["timings"];
   name: string;
   key: string;
   source: string;
@@ -133,7 +136,7 @@ export class AdapterRegistry implements AdapterProvider {
     if (!t) throw new NotFoundError(`no adapter is registered as "${name}"`, "lora_name");
     this.named.delete(name);
     const e = this.entries.get(keyOf(t.source, t.id));
-    if (!e) return { name, key: "", source: t.source, id: t.id, state: "errored", pinned: false, bytes: 0 };
+    if (!e) return { name, key: "", source: t.source, id: t.id, state: "errored", pinned: false, bytes: 0, timings: { fetchMs: 0, parseMs: 0, activateMs: 0 } };
     e.pinned = false;
     this.dropIfIdle(e);
     return this.info(e, name);
@@ -165,6 +168,7 @@ export class AdapterRegistry implements AdapterProvider {
     const e: Entry = {
       key, name, source, id, state: "downloading", slot: -1, inUse: 0, leases: 0, pinned: false,
       lastUsed: Date.now(), activatedAt: 0, draining: false, wantedSince: 0, served: false,
+      timings: { fetchMs: 0, parseMs: 0, activateMs: 0 },
     };
     this.entries.set(key, e);
     this.o.onTransition?.(name, "new", "downloading");
@@ -190,7 +194,10 @@ export class AdapterRegistry implements AdapterProvider {
 
   private async loadToHost(e: Entry, token: string | undefined, signal?: AbortSignal): Promise<void> {
     try {
+      const t0 = performance.now();
       const fetched = await this.o.sources.fetch(e.source as SourceName, e.id, token, signal);
+      const t1 = performance.now();
+      e.timings.fetchMs = t1 - t0;
       try {
         this.setState(e, "on_disk");
         if (await isMedusaDir(fetched.dir)) {
@@ -208,6 +215,7 @@ export class AdapterRegistry implements AdapterProvider {
         const w = await readPeftAdapter(fetched.dir, this.shape, { name: e.name });
         for (const warning of w.warnings) this.o.logger.warn({ adapter: e.name }, warning);
         e.weights = w;
+        e.timings.parseMs = performance.now() - t1;
         e.chatTemplate = readChatTemplate(fetched.dir);
         this.setState(e, "in_memory");
       } finally {
@@ -305,7 +313,9 @@ export class AdapterRegistry implements AdapterProvider {
     e.slot = slot;
     e.activating = (async () => {
       try {
+        const t0 = performance.now();
         await this.o.backend.loraLoad(slot, e.weights!);
+        e.timings.activateMs = performance.now() - t0;
         e.activatedAt = Date.now();
         e.draining = false;
         e.wantedSince = 0;
@@ -431,7 +441,7 @@ export class AdapterRegistry implements AdapterProvider {
   // ---- introspection ----
 
   private info(e: Entry, name = e.name): AdapterInfo {
-    return { name, key: e.key, source: e.source, id: e.id, state: e.state, pinned: e.pinned, bytes: e.weights?.sizeBytes ?? 0, error: e.error };
+    return { name, key: e.key, source: e.source, id: e.id, state: e.state, pinned: e.pinned, bytes: e.weights?.sizeBytes ?? 0, error: e.error, timings: { ...e.timings } };
   }
 
   list(): AdapterInfo[] {
