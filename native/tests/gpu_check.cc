@@ -631,9 +631,14 @@ void bench_kernels(bool quick) {
     float* y = nullptr;
     cudaMalloc(&y, size_t(M) * N * 4);
     const cu::GemmPlan p = cu::gemm_plan(M, N, K, DType::BF16, W, sms);
-    void* ws = nullptr;
-    cudaMalloc(&ws, std::max<size_t>(p.ws_bytes, 256));
-    const double t = ev.time(s, M >= 4096 ? 10 : 200, [&] { return cu::gemm(x, M, W, DType::BF16, N, K, nullptr, y, false, p, ws, s); });
+    void *a16 = nullptr, *ws = nullptr;
+    cudaMalloc(&a16, std::max<size_t>(p.a16_bytes, 256));
+    cudaMalloc(&ws, std::max<size_t>(p.part_bytes, 256));
+    // As the backend runs it: x rounded to bf16, the product, the split-K sum.
+    const double t = ev.time(s, M >= 4096 ? 10 : 200, [&] {
+      cudaError_t e = cu::to_16bit(x, int64_t(M) * K, DType::BF16, a16, s);
+      return e != cudaSuccess ? e : cu::gemm(x, a16, M, W, DType::BF16, N, K, nullptr, y, false, p, ws, s);
+    });
     const double flops = 2.0 * M * N * K / t, bytes = double(N) * K * 2 + double(M) * K * 4 + double(M) * N * 4;
     const std::string name = "GEMM bf16 M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K) +
                              " (kind " + std::to_string(p.kind) + ", split " + std::to_string(p.splits) + ")";
@@ -644,7 +649,7 @@ void bench_kernels(bool quick) {
       row("bench", name, fmt("%.0f GB/s", bytes / t / 1e9), fmt("%.0f%% of 4.3 TB/s", 100 * bytes / t / kPeakBw), "info");
       metric("bench.gemm_M" + std::to_string(M) + "_N" + std::to_string(N) + "_GBps", bytes / t / 1e9);
     }
-    cudaFree(x), cudaFree(W), cudaFree(y), cudaFree(ws);
+    cudaFree(x), cudaFree(W), cudaFree(y), cudaFree(a16), cudaFree(ws);
   }
   // LoRA: shrink + expand as the backend issues them, f32 adapter weights.
   struct LoraBench {

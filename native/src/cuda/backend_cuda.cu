@@ -89,7 +89,8 @@ class CudaBackend final : public Backend {
     if (s_) cudaStreamSynchronize(s_);
     free_pending();
     for (void* p : consts_) cudaFree(p);
-    if (ws_) cudaFree(ws_);
+    if (ws_.p) cudaFree(ws_.p);
+    if (a16_buf_.p) cudaFree(a16_buf_.p);
     stage_.free_all();
     read_.free_all();
     if (s_) cudaStreamDestroy(s_);
@@ -99,22 +100,42 @@ class CudaBackend final : public Backend {
   std::string name() const override { return name_; }
   int threads() const override { return host_->threads(); }
 
+  // Tensor-core linears round x to 16 bits first; q/k/v (and gate/up) share x, so the rounded copy is kept
+  // until an op other than linear/lora runs or one of them writes over x.
   void linear(const float* x, int T, const Mat& W, const float* bias, float* y, bool acc) override {
     if (!err_.ok() || T <= 0 || W.rows == 0) return;
-    const cu::GemmPlan p = cu::gemm_plan(T, int(W.rows), int(W.cols), W.dtype, W.data, sms_);
-    void* ws = workspace(p.ws_bytes);
-    if (ws || p.ws_bytes == 0) check(cu::gemm(x, T, W.data, W.dtype, int(W.rows), int(W.cols), bias, y, acc, p, ws, s_), "linear");
+    const int N = int(W.rows), K = int(W.cols);
+    const cu::GemmPlan p = cu::gemm_plan(T, N, K, W.dtype, W.data, sms_);
+    const void* a16 = nullptr;
+    if (p.kind != 0) {
+      if (!(a16_.x == x && a16_.n == int64_t(T) * K && a16_.dt == W.dtype)) {
+        a16_.x = nullptr;
+        void* buf = grow(a16_buf_, p.a16_bytes);
+        if (!buf) return;
+        check(cu::to_16bit(x, int64_t(T) * K, W.dtype, buf, s_), "linear (x to 16 bits)");
+        a16_ = {x, int64_t(T) * K, W.dtype};
+      }
+      a16 = a16_buf_.p;
+    }
+    void* part = p.part_bytes ? grow(ws_, p.part_bytes) : nullptr;
+    if (p.part_bytes && !part) return;
+    check(cu::gemm(x, a16, T, W.data, W.dtype, N, K, bias, y, acc, p, part, s_), "linear");
+    wrote(y, size_t(T) * N * sizeof(float));
   }
   void rmsnorm(const float* x, int T, int H, const float* w, float eps, float* out) override {
+    a16_.x = nullptr;
     if (err_.ok()) check(cu::rmsnorm(x, T, H, w, eps, out, s_), "rmsnorm");
   }
   void rope(float* x, int T, int nh, int hd, const float* c, const float* s) override {
+    a16_.x = nullptr;
     if (err_.ok()) check(cu::rope(x, T, nh, hd, c, s, s_), "rope");
   }
   void silu_mul(const float* g, const float* u, int64_t n, float* out) override {
+    a16_.x = nullptr;
     if (err_.ok()) check(cu::silu_mul(g, u, n, out, s_), "silu_mul");
   }
   void attention(const AttnArgs& a, const float* q, float* out) override {
+    a16_.x = nullptr;
     if (!err_.ok()) return;
     if (a.head_dim > 256 || a.head_dim <= 0 || a.n_kv <= 0 || a.n_heads % a.n_kv != 0) {
       err_ = Status::Invalid("CUDA attention supports head_dim up to 256 with n_heads a multiple of n_kv; got head_dim " +
@@ -126,16 +147,22 @@ class CudaBackend final : public Backend {
   void lora(const float* x, int d_in, float* y, int d_out, const LoraGroup* g, int n) override {
     if (!err_.ok()) return;
     const size_t floats = cu::lora_ws_floats(g, n);
-    float* ws = static_cast<float*>(workspace(floats * sizeof(float)));
-    if (ws || floats == 0) check(cu::lora(x, d_in, y, d_out, g, n, ws, s_), "lora");
+    if (floats == 0) return;
+    float* ws = static_cast<float*>(grow(ws_, floats * sizeof(float)));
+    if (!ws) return;
+    check(cu::lora(x, d_in, y, d_out, g, n, ws, s_), "lora");
+    wrote(y, 0);
   }
   void embed(const int32_t* tokens, int T, const Mat& E, float* x) override {
+    a16_.x = nullptr;
     if (err_.ok()) check(cu::embed(tokens, T, E.data, E.dtype, E.cols, x, s_), "embed");
   }
   void copy_rows(float* dst, const int64_t* doff, const float* src, const int64_t* soff, int n, int len) override {
+    a16_.x = nullptr;
     if (err_.ok()) check(cu::copy_rows(dst, doff, src, soff, n, len, s_), "copy_rows");
   }
   void add_silu(const float* x, const float* t, int64_t n, float* out) override {
+    a16_.x = nullptr;
     if (err_.ok()) check(cu::add_silu(x, t, n, out, s_), "add_silu");
   }
 
@@ -144,6 +171,7 @@ class CudaBackend final : public Backend {
   void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn) override { host_->parallel_for(n, fn); }
 
   Status alloc(size_t bytes, Buffer* out) override {
+    a16_.x = nullptr;  // a new buffer may sit where the cached x was
     cudaSetDevice(dev_);
     void* p = nullptr;
     cudaError_t e = cudaMalloc(&p, std::max<size_t>(bytes, 1));
@@ -171,6 +199,7 @@ class CudaBackend final : public Backend {
   }
   Status upload(void* dst, const void* host, size_t bytes) override {
     if (!bytes) return Status::Ok();
+    a16_.x = nullptr;
     cudaSetDevice(dev_);
     cudaError_t e = cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, up_);
     if (e == cudaSuccess) e = cudaStreamSynchronize(up_);
@@ -228,6 +257,7 @@ class CudaBackend final : public Backend {
     return Status::Ok();
   }
   void begin_step() override {
+    a16_.x = nullptr;
     cudaSetDevice(dev_);
     check(cudaStreamSynchronize(s_), "previous step");
     free_pending();
@@ -250,24 +280,39 @@ class CudaBackend final : public Backend {
     err_ = Status::Ok();
     return s;
   }
-  // The shared scratch of linear (x as 16-bit, split-K partials) and lora (shrink output); ops run in stream
-  // order, so one at a time uses it. Growing waits for the stream.
-  void* workspace(size_t bytes) {
-    if (bytes <= ws_cap_) return ws_;
-    check(cudaStreamSynchronize(s_), "workspace growth");
-    const size_t want = std::max({bytes, 2 * ws_cap_, size_t(16) << 20});
-    if (ws_) cudaFree(ws_);
-    ws_ = nullptr;
-    ws_cap_ = 0;
-    cudaError_t e = cudaMalloc(&ws_, want);
+  // Device scratch that only grows: a16_buf_ (x as 16 bits), ws_ (split-K partials, LoRA shrink output). Ops run
+  // in stream order, so one at a time uses each. Growing waits for the stream.
+  struct Scratch {
+    void* p = nullptr;
+    size_t cap = 0;
+  };
+  void* grow(Scratch& sc, size_t bytes) {
+    if (bytes <= sc.cap) return sc.p;
+    if (&sc == &a16_buf_) a16_.x = nullptr;
+    check(cudaStreamSynchronize(s_), "scratch growth");
+    const size_t want = std::max({bytes, 2 * sc.cap, size_t(16) << 20});
+    if (sc.p) cudaFree(sc.p);
+    sc = Scratch{};
+    cudaError_t e = cudaMalloc(&sc.p, want);
     if (e != cudaSuccess) {
       cudaGetLastError();
-      ws_ = nullptr;
-      err_ = Status::NoMem("cannot allocate " + std::to_string(want) + " bytes of GPU scratch memory");
+      sc.p = nullptr;
+      if (err_.ok()) err_ = Status::NoMem("cannot allocate " + std::to_string(want) + " bytes of GPU scratch memory");
       return nullptr;
     }
-    ws_cap_ = want;
-    return ws_;
+    sc.cap = want;
+    return sc.p;
+  }
+  // An op wrote [p, p + bytes) (bytes 0: somewhere unknown): the cached 16-bit x is stale if that overlaps it.
+  void wrote(const void* p, size_t bytes) {
+    if (!a16_.x) return;
+    const char *a = static_cast<const char*>(p), *b = reinterpret_cast<const char*>(a16_.x);
+    if (bytes == 0) {
+      if (a != b) return;  // lora writes rows of y only: y != x means no overlap with a distinct x buffer
+    } else if (a + bytes <= b || b + a16_.n * 4 <= a) {
+      return;
+    }
+    a16_.x = nullptr;
   }
   void free_pending() {
     std::vector<void*> p;
@@ -286,8 +331,12 @@ class CudaBackend final : public Backend {
   std::mutex mu_;
   std::vector<void*> consts_, pending_;
   Arena stage_{true}, read_{false};
-  void* ws_ = nullptr;
-  size_t ws_cap_ = 0;
+  Scratch a16_buf_, ws_;
+  struct {
+    const float* x = nullptr;  // null: nothing cached
+    int64_t n = 0;
+    DType dt = DType::BF16;
+  } a16_;
 };
 
 }  // namespace

@@ -197,8 +197,6 @@ cudaError_t launch_tc(const GemmPlan& p, const T* A, const T* B, int M, int N, i
   return cudaGetLastError();
 }
 
-size_t align256(size_t n) { return (n + 255) & ~size_t(255); }
-
 }  // namespace
 
 GemmPlan gemm_plan(int M, int N, int K, DType wt, const void* W, int sms) {
@@ -209,14 +207,22 @@ GemmPlan gemm_plan(int M, int N, int K, DType wt, const void* W, int sms) {
   const Shape& sh = kShapes[p.kind];
   const int64_t tiles = int64_t((M + sh.bm - 1) / sh.bm) * ((N + sh.bn - 1) / sh.bn);
   const int kt = (K + sh.bk - 1) / sh.bk;
-  // Enough CTAs for every multiprocessor to stream twice over (decode-sized M is bandwidth-bound), each split
-  // keeping at least 4 K tiles.
-  const int64_t want = 2 * int64_t(std::max(sms, 1));
+  // Two CTAs fit on a multiprocessor. When the tiles leave slots idle (decode-sized M is bandwidth-bound), split
+  // K, each slice keeping at least 2 K tiles, choosing the count whose last wave is fullest.
+  const int64_t slots = 2 * int64_t(std::max(sms, 1));
   int splits = 1;
-  if (tiles < want) splits = int(std::min<int64_t>({(want + tiles - 1) / tiles, std::max(1, kt / 4), 16}));
+  if (tiles < slots) {
+    double best = 0;
+    for (int sp = 1; sp <= std::min(16, std::max(1, kt / 2)); sp++) {
+      const int64_t total = tiles * sp, waves = (total + slots - 1) / slots;
+      const double eff = double(total) / double(waves * slots) - (total < slots ? 0.0 : 0.02 * sp / 16);
+      if (eff > best + 1e-9) best = eff, splits = sp;
+    }
+  }
   p.k_tiles_per_split = (kt + splits - 1) / splits;
   p.splits = (kt + p.k_tiles_per_split - 1) / p.k_tiles_per_split;
-  p.ws_bytes = align256(size_t(M) * K * 2) + (p.splits > 1 ? size_t(p.splits) * M * N * 4 : 0);
+  p.a16_bytes = size_t(M) * K * 2;
+  p.part_bytes = p.splits > 1 ? size_t(p.splits) * M * N * 4 : 0;
   return p;
 }
 
@@ -230,8 +236,16 @@ cudaError_t gemm_setup() {
   return cudaSuccess;
 }
 
-cudaError_t gemm(const float* x, int M, const void* W, DType wt, int N, int K, const float* bias, float* y, bool accumulate,
-                 const GemmPlan& p, void* ws, cudaStream_t s) {
+cudaError_t to_16bit(const float* x, int64_t n, DType dt, void* a16, cudaStream_t s) {
+  if (n <= 0) return cudaSuccess;
+  const unsigned grid = unsigned(std::min<int64_t>((n + 255) / 256, 4096));
+  if (dt == DType::BF16) to_16bit<<<grid, 256, 0, s>>>(x, n, static_cast<__nv_bfloat16*>(a16));
+  else to_16bit<<<grid, 256, 0, s>>>(x, n, static_cast<__half*>(a16));
+  return cudaGetLastError();
+}
+
+cudaError_t gemm(const float* x, const void* a16, int M, const void* W, DType wt, int N, int K, const float* bias, float* y,
+                 bool accumulate, const GemmPlan& p, void* part_ws, cudaStream_t s) {
   if (M <= 0 || N <= 0) return cudaSuccess;
   if (p.kind == 0) {
     const dim3 grid(grid_for(N, 64), grid_for(M, 64));
@@ -242,19 +256,10 @@ cudaError_t gemm(const float* x, int M, const void* W, DType wt, int N, int K, c
     }
     return cudaGetLastError();
   }
-  const int64_t mk = int64_t(M) * K;
-  float* part = p.splits > 1 ? reinterpret_cast<float*>(static_cast<char*>(ws) + align256(size_t(mk) * 2)) : nullptr;
-  const unsigned cgrid = unsigned(std::min<int64_t>((mk + 255) / 256, 4096));
-  cudaError_t e;
-  if (wt == DType::BF16) {
-    auto* a = static_cast<__nv_bfloat16*>(ws);
-    to_16bit<<<cgrid, 256, 0, s>>>(x, mk, a);
-    e = launch_tc(p, a, static_cast<const __nv_bfloat16*>(W), M, N, K, part, bias, y, accumulate, s);
-  } else {
-    auto* a = static_cast<__half*>(ws);
-    to_16bit<<<cgrid, 256, 0, s>>>(x, mk, a);
-    e = launch_tc(p, a, static_cast<const __half*>(W), M, N, K, part, bias, y, accumulate, s);
-  }
+  float* part = p.splits > 1 ? static_cast<float*>(part_ws) : nullptr;
+  const cudaError_t e = wt == DType::BF16
+      ? launch_tc(p, static_cast<const __nv_bfloat16*>(a16), static_cast<const __nv_bfloat16*>(W), M, N, K, part, bias, y, accumulate, s)
+      : launch_tc(p, static_cast<const __half*>(a16), static_cast<const __half*>(W), M, N, K, part, bias, y, accumulate, s);
   if (e != cudaSuccess || p.splits == 1) return e;
   const int64_t mn = int64_t(M) * N;
   splitk_reduce<<<unsigned(std::min<int64_t>((mn + 255) / 256, 4096)), 256, 0, s>>>(part, p.splits, mn, N, bias, y, accumulate);

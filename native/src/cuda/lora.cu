@@ -43,15 +43,23 @@ __global__ void __launch_bounds__(256) shrink_kernel(const Tiles P, const float*
 #pragma unroll
   for (int e = 0; e < TOK; e++) acc[e] = 0.f;
   if (VEC) {
+    // Eight 16-byte loads of A in flight per lane before any use: this kernel streams adapter weights.
+    constexpr int kDepth = 8;
     const int n4 = d_in >> 2;
     const float4* a4 = reinterpret_cast<const float4*>(a);
-#pragma unroll 4
-    for (int k = lane; k < n4; k += 32) {
-      const float4 av = __ldg(a4 + k);
+    for (int k0 = lane; k0 < n4; k0 += 32 * kDepth) {
+      float4 av[kDepth];
 #pragma unroll
-      for (int e = 0; e < TOK; e++) {
-        const float4 xv = __ldg(reinterpret_cast<const float4*>(xr[e]) + k);
-        acc[e] += av.x * xv.x + av.y * xv.y + av.z * xv.z + av.w * xv.w;
+      for (int u = 0; u < kDepth; u++) av[u] = k0 + 32 * u < n4 ? __ldg(a4 + k0 + 32 * u) : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+      for (int u = 0; u < kDepth; u++) {
+        const int k = k0 + 32 * u;
+        if (k >= n4) break;
+#pragma unroll
+        for (int e = 0; e < TOK; e++) {
+          const float4 xv = __ldg(reinterpret_cast<const float4*>(xr[e]) + k);
+          acc[e] += av[u].x * xv.x + av[u].y * xv.y + av[u].z * xv.z + av[u].w * xv.w;
+        }
       }
     }
   } else {
@@ -87,7 +95,7 @@ __global__ void __launch_bounds__(256) expand_kernel(const Tiles P, const float*
   for (int e = 0; e < TOK; e++)
 #pragma unroll
     for (int c = 0; c < W; c++) acc[e][c] = 0.f;
-#pragma unroll 4
+#pragma unroll 8
   for (int j = 0; j < R; j++) {
     float b[W];
     if (VEC) {

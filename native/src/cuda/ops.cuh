@@ -18,18 +18,21 @@ cudaError_t copy_rows(float* dst, const int64_t* dst_off, const float* src, cons
                       cudaStream_t s);
 
 // y[M,N] (+)= x[M,K] · W[N,K]^T + bias. BF16/F16 weights with K % 8 == 0 and 16-byte aligned W run on tensor
-// cores (x rounded to the weight's type, f32 accumulation, split-K when the grid would be small); anything
-// else on a plain f32 kernel.
+// cores: x is first rounded to the weight's type (to_16bit, into a16; callers may reuse a16 for several weights
+// sharing x), f32 accumulation, split-K when the grid would leave multiprocessors idle. Anything else runs on a
+// plain f32 kernel (no a16, no workspace).
 struct GemmPlan {
   int kind = 0;    // 0 f32 SIMT, 1 tensor cores M ≤ 16, 2 M ≤ 64, 3 larger M
-  int splits = 1;  // K slices summed by a second kernel in a fixed order
+  int splits = 1;  // K slices, summed by a second kernel in a fixed order (deterministic)
   int k_tiles_per_split = 0;
-  size_t ws_bytes = 0;  // workspace: x as 16-bit, then the split partials
+  size_t a16_bytes = 0;   // x as 16-bit
+  size_t part_bytes = 0;  // split partials
 };
 GemmPlan gemm_plan(int M, int N, int K, DType wt, const void* W, int sms);
 cudaError_t gemm_setup();  // once per device: shared-memory limits of the tensor-core kernels
-cudaError_t gemm(const float* x, int M, const void* W, DType wt, int N, int K, const float* bias, float* y, bool accumulate,
-                 const GemmPlan& plan, void* ws, cudaStream_t s);
+cudaError_t to_16bit(const float* x, int64_t n, DType dt, void* a16, cudaStream_t s);
+cudaError_t gemm(const float* x, const void* a16, int M, const void* W, DType wt, int N, int K, const float* bias, float* y,
+                 bool accumulate, const GemmPlan& plan, void* part, cudaStream_t s);
 
 // Paged attention over a varlen batch (prefill chunks and decode rows alike), head_dim ≤ 256.
 cudaError_t attention(const AttnArgs& a, const float* q, float* out, cudaStream_t s);
