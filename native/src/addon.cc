@@ -673,7 +673,7 @@ Napi::Value Kernel(const Napi::CallbackInfo& info) {
     auto pen_ids = I32(a, "penIds", true), pen_counts = I32(a, "penCounts", true);
     auto mask = copy_array<uint32_t, Napi::Uint32Array>(env, a.Get("mask"), "mask", true);
     lx::SampleRow r;
-    r.logits = logits.data();
+    r.logits = m.put(logits);  // op memory: sampled where the backend keeps logits
     r.sample = get_bool(a, "sample", true);
     r.do_sample = get_bool(a, "doSample", false);
     r.temperature = float(get_num(a, "temperature", 1));
@@ -692,13 +692,12 @@ Napi::Value Kernel(const Napi::CallbackInfo& info) {
     r.pen_counts = pen_counts.data();
     r.n_pen = int(pen_ids.size());
     r.mask = mask.empty() ? nullptr : mask.data();
-    std::vector<int32_t> top(r.n_top);
-    std::vector<float> toplp(r.n_top), work;
-    std::vector<int32_t> idx;
+    std::vector<int32_t> top(std::max(0, r.n_top));
+    std::vector<float> toplp(top.size());
     lx::SampleOut so;
     so.top_ids = top.data();
     so.top_logprobs = toplp.data();
-    lx::sample_row(be, r, int(logits.size()), reference, work, idx, so);
+    m.check(be.sample(&r, 1, int(logits.size()), reference, &so));
     Napi::Object o = Napi::Object::New(env);
     o.Set("token", so.token);
     o.Set("logprob", so.logprob);

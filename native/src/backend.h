@@ -53,6 +53,10 @@ class Backend {
   virtual double logsumexp(const float* x, int64_t n) = 0;
   // Runs fn(i) for i in [0, n) across the backend's host threads (LoRA segments, sampling).
   virtual void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn) = 0;
+  // Samples n rows (sampler.h semantics; each row's logits point into op memory) into out[i], whose top arrays
+  // are allocated. CPU: sample_row per row. CUDA: rows that need no draw (greedy, logprob-only) on the device,
+  // the others on the host after reading their logits back.
+  virtual Status sample(const SampleRow* rows, int n, int V, bool reference, SampleOut* out) = 0;
 
   // Memory. alloc gives zero-filled op memory; upload/download copy between host and op memory and wait.
   virtual Status alloc(size_t bytes, Buffer* out) = 0;

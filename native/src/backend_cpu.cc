@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "backend.h"
+#include "sampler.h"
 
 namespace lx {
 namespace {
@@ -54,6 +55,14 @@ class CpuBackend final : public Backend {
   double logsumexp(const float* x, int64_t n) override { return fast_ ? fast::logsumexp(x, n) : ref::logsumexp(x, n); }
   void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn) override {
     pool_.parallel_for(n, 1, fn);
+  }
+  Status sample(const SampleRow* rows, int n, int V, bool reference, SampleOut* out) override {
+    parallel_for(n, [&](int64_t r0, int64_t r1) {
+      thread_local std::vector<float> work;
+      thread_local std::vector<int32_t> idx;
+      for (int64_t r = r0; r < r1; r++) sample_row(*this, rows[r], V, reference, work, idx, out[r]);
+    });
+    return Status::Ok();
   }
 
   Status alloc(size_t bytes, Buffer* out) override {

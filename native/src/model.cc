@@ -568,34 +568,37 @@ Status Model::step(StepInput& in, StepOutput* out) {
   }
   LX_TRY(group_slots(R, [&](int r) { return in.adapter[in.out_rows[r]]; }));
   lora_mm(xo, R, lm_head_, nullptr, -1, kLmHead, logits, false);
-  const void* lv;
-  LX_TRY(be_->view(logits, size_t(R) * c.vocab * sizeof(float), &lv));
-  const float* logits_h = static_cast<const float*>(lv);
-  if (in.want_logits) out->logits.assign(logits_h, logits_h + size_t(R) * c.vocab);
-
   const int V = c.vocab;
-  for (int r = 0; r < R; r++) in.rows[r].logits = logits_h + size_t(r) * V;
   // Rows of speculative trees are sampled by their group's verification, the others one by one.
   std::vector<char> in_tree(R, 0);
+  bool any_tree = false;
   for (const auto& g : in.groups)
     if (g.n > 1)
-      for (int i = 0; i < g.n; i++) in_tree[g.first + i] = 1;
-  be_->parallel_for(R, [&](int64_t r0, int64_t r1) {
-    thread_local std::vector<float> work;
-    thread_local std::vector<int32_t> idx;
-    for (int64_t r = r0; r < r1; r++) {
-      SampleRow sr = in.rows[r];
-      sr.n_top = std::min(sr.n_top, in.n_top);
-      if (in_tree[r]) sr.sample = false;  // logprobs and alternatives only
-      SampleOut so;
-      so.top_ids = out->top_ids.data() + size_t(r) * in.n_top;
-      so.top_logprobs = out->top_logprobs.data() + size_t(r) * in.n_top;
-      sample_row(*be_, sr, V, reference_, work, idx, so);
-      out->tokens[r] = so.token;
-      out->logprobs[r] = so.logprob;
-      out->target_logprobs[r] = so.target_logprob;
-    }
-  });
+      for (int i = 0; i < g.n; i++) in_tree[g.first + i] = 1, any_tree = true;
+  // Every row's logprobs and alternatives, and its token unless a tree verifies it, where the logits are.
+  std::vector<SampleRow> srows(in.rows);
+  std::vector<SampleOut> souts(R);
+  for (int r = 0; r < R; r++) {
+    srows[r].logits = logits + size_t(r) * V;
+    srows[r].n_top = std::min(srows[r].n_top, in.n_top);
+    if (in_tree[r]) srows[r].sample = false;  // logprobs and alternatives only
+    souts[r].top_ids = out->top_ids.data() + size_t(r) * in.n_top;
+    souts[r].top_logprobs = out->top_logprobs.data() + size_t(r) * in.n_top;
+  }
+  LX_TRY(be_->sample(srows.data(), R, V, reference_, souts.data()));
+  for (int r = 0; r < R; r++) {
+    out->tokens[r] = souts[r].token;
+    out->logprobs[r] = souts[r].logprob;
+    out->target_logprobs[r] = souts[r].target_logprob;
+  }
+  // The logits themselves reach the host only when asked for or for tree verification.
+  if (in.want_logits || any_tree) {
+    const void* lv;
+    LX_TRY(be_->view(logits, size_t(R) * V * sizeof(float), &lv));
+    const float* logits_h = static_cast<const float*>(lv);
+    if (in.want_logits) out->logits.assign(logits_h, logits_h + size_t(R) * V);
+    for (int r = 0; r < R; r++) in.rows[r].logits = logits_h + size_t(r) * V;
+  }
   const int G = int(in.groups.size());
   int max_nodes = 0;
   for (const auto& g : in.groups) max_nodes = std::max(max_nodes, g.n - 1);

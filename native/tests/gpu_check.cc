@@ -318,6 +318,86 @@ void check_ops(Backend& ref, Backend& gpu) {
   }
 }
 
+// Sampling: rows without a draw run on the device, the others on the host; choices must match exactly.
+void check_sampling(Backend& ref, Backend& gpu) {
+  struct Case {
+    const char* name;
+    int rows, V;
+    std::function<void(SampleRow&, int, std::vector<int32_t>&, std::vector<int32_t>&, std::vector<uint32_t>&)> set;
+  };
+  const std::vector<Case> cases = {
+      {"greedy, 5 alternatives, target logprob, V=32000", 16, 32000,
+       [](SampleRow& r, int i, auto&, auto&, auto&) { r.n_top = 5, r.target = 17 * i; }},
+      {"greedy with penalties and a 50% mask, V=32000", 16, 32000,
+       [](SampleRow& r, int i, std::vector<int32_t>& ids, std::vector<int32_t>& cnt, std::vector<uint32_t>& mask) {
+         r.repetition_penalty = 1.3f, r.presence_penalty = 0.5f, r.frequency_penalty = 0.2f, r.n_top = 3;
+         for (int k = 0; k < 300; k++) ids.push_back(int32_t(mix(uint64_t(i) * 1000 + k) % 1500)), cnt.push_back(k % 3);
+         std::sort(ids.begin(), ids.end());
+         ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+         cnt.resize(ids.size());
+         mask.resize((32000 + 31) / 32);
+         for (size_t w = 0; w < mask.size(); w++) mask[w] = uint32_t(mix(w + 77 * i));
+       }},
+      {"logprobs only (prompt rows), 64 alternatives", 8, 32000, [](SampleRow& r, int, auto&, auto&, auto&) { r.sample = false, r.n_top = 64; }},
+      {"every token masked: token 0", 2, 1000,
+       [](SampleRow& r, int, auto&, auto&, std::vector<uint32_t>& mask) { mask.assign((1000 + 31) / 32, 0u); }},
+      {"duplicate penalty ids (host path)", 4, 5000,
+       [](SampleRow& r, int, std::vector<int32_t>& ids, std::vector<int32_t>& cnt, auto&) {
+         r.repetition_penalty = 1.5f;
+         ids = {3, 3, 9, 1, 3};
+         cnt = {1, 1, 0, 2, 1};
+       }},
+      {"temperature 0.8, top-k 40, top-p 0.9 (host path)", 16, 32000,
+       [](SampleRow& r, int i, auto&, auto&, auto&) { r.do_sample = true, r.temperature = 0.8f, r.top_k = 40, r.top_p = 0.9f, r.seed = 5 + i, r.step = 3, r.n_top = 2; }},
+      {"greedy, Qwen-sized vocabulary V=151936", 4, 151936, [](SampleRow& r, int, auto&, auto&, auto&) { r.n_top = 4; }},
+  };
+  Rng R(21);
+  for (const Case& c : cases) {
+    try {
+      auto logits = R.vec(size_t(c.rows) * c.V, 6.f);
+      for (int i = 0; i < c.rows; i++) logits[size_t(i) * c.V + (i * 7919) % c.V] += 9.f;  // a clear winner in most rows
+      logits[5] = logits[6];  // a tie for the alternatives
+      std::vector<std::vector<int32_t>> ids(c.rows), cnt(c.rows);
+      std::vector<std::vector<uint32_t>> masks(c.rows);
+      std::vector<SampleRow> rows(c.rows);
+      for (int i = 0; i < c.rows; i++) c.set(rows[i], i, ids[i], cnt[i], masks[i]);
+      std::vector<std::vector<int32_t>> tops[2];
+      std::vector<std::vector<float>> toplps[2];
+      std::vector<SampleOut> outs[2];
+      int k = 0;
+      for (Backend* be : {&ref, &gpu}) {
+        Dev d{*be, {}};
+        float* ld = d.put(logits);
+        std::vector<SampleRow> rr = rows;
+        outs[k].resize(c.rows);
+        tops[k].assign(c.rows, std::vector<int32_t>(64, -1));
+        toplps[k].assign(c.rows, std::vector<float>(64, 0.f));
+        for (int i = 0; i < c.rows; i++) {
+          rr[i].logits = ld + size_t(i) * c.V;
+          rr[i].pen_ids = ids[i].data(), rr[i].pen_counts = cnt[i].data(), rr[i].n_pen = int(ids[i].size());
+          rr[i].mask = masks[i].empty() ? nullptr : masks[i].data();
+          outs[k][i].top_ids = tops[k][i].data(), outs[k][i].top_logprobs = toplps[k][i].data();
+        }
+        d.ok(be->sample(rr.data(), c.rows, c.V, be == &ref, outs[k].data()));
+        k++;
+      }
+      int same = 0;
+      double lp = 0;
+      for (int i = 0; i < c.rows; i++) {
+        same += outs[0][i].token == outs[1][i].token && tops[0][i] == tops[1][i];
+        lp = std::max({lp, double(std::fabs(outs[0][i].logprob - outs[1][i].logprob)),
+                       double(std::fabs(outs[0][i].target_logprob - outs[1][i].target_logprob))});
+        for (int j = 0; j < 64; j++) lp = std::max(lp, double(std::fabs(toplps[0][i][j] - toplps[1][i][j])));
+      }
+      const bool ok = same == c.rows && lp < 1e-4;
+      row("ops", std::string("sample ") + c.name, std::to_string(same) + "/" + std::to_string(c.rows) + fmt(" same, lp %.2g", lp),
+          "all same, lp < 1e-4", ok ? "ok" : "FAIL");
+    } catch (const std::exception& ex) {
+      row("ops", std::string("sample ") + c.name, "error", ex.what(), "FAIL");
+    }
+  }
+}
+
 // ------------------------------------------------------------------------------------------------------------
 // Random models in memory
 
@@ -831,6 +911,7 @@ int main(int argc, char** argv) {
       Status st = make_backend(g_device, false, 0, &gpu);
       if (!st.ok()) throw std::runtime_error(st.message);
       check_ops(*ref, *gpu);
+      check_sampling(*ref, *gpu);
     }
     if (e2e) check_e2e();
     if (bench) {

@@ -1,6 +1,7 @@
 // The CUDA backend from JavaScript: the addon says whether CUDA was compiled in (it must be whenever nvcc is on
 // this machine) and whether a GPU is usable; `device: "cuda"` without one fails with the reason. On a GPU: every op
-// against the CPU reference through kernel(), and tiny models on cpu vs cuda (logits, greedy tokens, LoRA).
+// against the CPU reference through kernel(), sampling against the CPU sampler, and tiny models on cpu vs cuda
+// (logits, greedy tokens, LoRA).
 import { execFileSync } from "node:child_process";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -156,6 +157,25 @@ describe.skipIf(!cuda.usable)("CUDA ops match the CPU reference", () => {
       const args = { x: randn(T * dIn), y: randn(T * dOut), dIn, dOut, groups };
       const [a, b] = both("lora", args);
       expect(maxDiff(a, b)).toBeLessThan(1e-3);
+    }
+  });
+});
+
+describe.skipIf(!cuda.usable)("CUDA sampling matches the CPU sampler", () => {
+  const V = 32000;
+  it.each([
+    ["greedy with alternatives and a target", { nTop: 5, target: 123 }],
+    ["greedy with penalties and a mask", { repetitionPenalty: 1.3, presencePenalty: 0.5, frequencyPenalty: 0.2, penIds: Int32Array.from([5, 77, 901]), penCounts: Int32Array.from([0, 2, 1]), mask: Uint32Array.from({ length: V / 32 }, (_, i) => (i * 2654435761) >>> 0) }],
+    ["logprobs only", { sample: false, nTop: 20 }],
+    ["a temperature draw (host path)", { doSample: true, temperature: 0.7, topK: 50, topP: 0.9, seed: 42, step: 3 }],
+  ] as [string, Record<string, unknown>][])("%s", (_name, opts) => {
+    for (let i = 0; i < 10; i++) {
+      const args = { logits: randn(V, 6), ...opts };
+      const a = k.kernel("sample", "cpu", args), b = k.kernel("sample", "cuda", args);
+      expect(b.token).toBe(a.token);
+      expect(Array.from(b.topIds)).toEqual(Array.from(a.topIds));
+      expect(Math.abs(a.logprob - b.logprob)).toBeLessThan(1e-4);
+      expect(Math.abs(a.targetLogprob - b.targetLogprob)).toBeLessThan(1e-4);
     }
   });
 });

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "../backend.h"
+#include "../sampler.h"
 #include "ops.cuh"
 
 namespace lx {
@@ -91,6 +92,7 @@ class CudaBackend final : public Backend {
     for (void* p : consts_) cudaFree(p);
     if (ws_.p) cudaFree(ws_.p);
     if (a16_buf_.p) cudaFree(a16_buf_.p);
+    if (samp_.p) cudaFree(samp_.p);
     stage_.free_all();
     read_.free_all();
     if (s_) cudaStreamDestroy(s_);
@@ -169,6 +171,90 @@ class CudaBackend final : public Backend {
   void softmax(float* x, int64_t n) override { host_->softmax(x, n); }
   double logsumexp(const float* x, int64_t n) override { return host_->logsumexp(x, n); }
   void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn) override { host_->parallel_for(n, fn); }
+
+  // Rows that need no draw (logprob-only, greedy) run on the device with sampler.cc's exact choice rules; the
+  // others (temperature draws through top-k/top-p/typical/min-p) read their logits back and run sample_row.
+  Status sample(const SampleRow* rows, int n, int V, bool reference, SampleOut* out) override {
+    if (!err_.ok()) return take_error();
+    std::vector<int> dev, host;
+    std::vector<int32_t> sorted;
+    for (int i = 0; i < n; i++) {
+      const SampleRow& r = rows[i];
+      bool ok = (!r.sample || !r.do_sample || r.temperature <= 1e-5f || r.top_k == 1) && r.n_top <= cu::kMaxTop &&
+                V <= cu::kMaxGreedyVocab;
+      if (ok && r.sample && r.n_pen > 1) {  // the kernel applies each penalty id once: duplicates go to the host
+        sorted.assign(r.pen_ids, r.pen_ids + r.n_pen);
+        std::sort(sorted.begin(), sorted.end());
+        ok = std::adjacent_find(sorted.begin(), sorted.end()) == sorted.end();
+      }
+      (ok ? dev : host).push_back(i);
+    }
+    const int words = (V + 31) / 32;
+    std::vector<char*> host_logits(host.size());
+    for (size_t k = 0; k < host.size(); k++) {  // queued before the device rows' kernel; one wait for all
+      char* d;
+      cudaError_t e = read_.take(size_t(V) * sizeof(float), &host_logits[k], &d);
+      if (e == cudaSuccess) e = cudaMemcpyAsync(host_logits[k], rows[host[k]].logits, size_t(V) * sizeof(float), cudaMemcpyDeviceToHost, s_);
+      if (e != cudaSuccess) return cuda_status(e, "read-back of logits for host sampling");
+    }
+    int32_t* oi_h = nullptr;
+    float* of_h = nullptr;
+    if (!dev.empty()) {
+      std::vector<cu::GreedyRow> gr;
+      std::vector<int32_t> pen_ids, pen_counts;
+      std::vector<uint32_t> masks;
+      for (int i : dev) {
+        const SampleRow& r = rows[i];
+        cu::GreedyRow g{r.logits, int(pen_ids.size()), r.sample ? r.n_pen : 0, -1, r.repetition_penalty, r.presence_penalty,
+                        r.frequency_penalty, r.target, std::max(0, r.n_top), r.sample ? 1 : 0};
+        if (r.sample) {
+          pen_ids.insert(pen_ids.end(), r.pen_ids, r.pen_ids + r.n_pen);
+          pen_counts.insert(pen_counts.end(), r.pen_counts, r.pen_counts + r.n_pen);
+          if (r.mask) g.mask_off = int(masks.size()), masks.insert(masks.end(), r.mask, r.mask + words);
+        }
+        gr.push_back(g);
+      }
+      const void *grd, *pid, *pcd, *mkd;
+      LX_TRY(stage(gr.data(), gr.size() * sizeof(cu::GreedyRow), &grd));
+      LX_TRY(stage(pen_ids.data(), pen_ids.size() * 4, &pid));
+      LX_TRY(stage(pen_counts.data(), pen_counts.size() * 4, &pcd));
+      LX_TRY(stage(masks.data(), masks.size() * 4, &mkd));
+      const size_t ni = dev.size() * (1 + cu::kMaxTop), nf = dev.size() * (2 + cu::kMaxTop);
+      char* o = static_cast<char*>(grow(samp_, (ni + nf) * 4));
+      if (!o) return take_error();
+      check(cu::greedy_rows(static_cast<const cu::GreedyRow*>(grd), int(dev.size()), static_cast<const int32_t*>(pid),
+                            static_cast<const int32_t*>(pcd), static_cast<const uint32_t*>(mkd), V, reinterpret_cast<int32_t*>(o),
+                            reinterpret_cast<float*>(o + ni * 4), s_),
+            "sampling");
+      const void* ov;
+      LX_TRY(view(o, (ni + nf) * 4, &ov));  // waits for the host rows' read-backs too
+      oi_h = const_cast<int32_t*>(static_cast<const int32_t*>(ov));
+      of_h = reinterpret_cast<float*>(oi_h + ni);
+    } else if (!host.empty()) {
+      check(cudaStreamSynchronize(s_), "read-back of logits for host sampling");
+      if (!err_.ok()) return take_error();
+    }
+    for (size_t k = 0; k < dev.size(); k++) {
+      const int32_t* ri = oi_h + k * (1 + cu::kMaxTop);
+      const float* rf = of_h + k * (2 + cu::kMaxTop);
+      SampleOut& so = out[dev[k]];
+      so.token = ri[0];
+      if (ri[0] >= 0) so.logprob = rf[0];
+      if (rows[dev[k]].target >= 0 && rows[dev[k]].target < V) so.target_logprob = rf[1];
+      for (int j = 0; j < rows[dev[k]].n_top; j++) so.top_ids[j] = ri[1 + j], so.top_logprobs[j] = rf[2 + j];
+    }
+    if (!host.empty())
+      host_->parallel_for(int64_t(host.size()), [&](int64_t k0, int64_t k1) {
+        thread_local std::vector<float> work;
+        thread_local std::vector<int32_t> idx;
+        for (int64_t k = k0; k < k1; k++) {
+          SampleRow r = rows[host[k]];
+          r.logits = reinterpret_cast<const float*>(host_logits[k]);
+          sample_row(*host_, r, V, reference, work, idx, out[host[k]]);
+        }
+      });
+    return Status::Ok();
+  }
 
   Status alloc(size_t bytes, Buffer* out) override {
     a16_.x = nullptr;  // a new buffer may sit where the cached x was
@@ -331,7 +417,7 @@ class CudaBackend final : public Backend {
   std::mutex mu_;
   std::vector<void*> consts_, pending_;
   Arena stage_{true}, read_{false};
-  Scratch a16_buf_, ws_;
+  Scratch a16_buf_, ws_, samp_;
   struct {
     const float* x = nullptr;  // null: nothing cached
     int64_t n = 0;

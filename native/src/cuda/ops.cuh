@@ -43,6 +43,23 @@ cudaError_t attention(const AttnArgs& a, const float* q, float* out, cudaStream_
 size_t lora_ws_floats(const LoraGroup* g, int n_groups);
 cudaError_t lora(const float* x, int d_in, float* y, int d_out, const LoraGroup* g, int n_groups, float* ws, cudaStream_t s);
 
+// Rows sampled without a draw (greedy or logprob-only), one CTA each: out_i [n, 1 + kMaxTop] = token (-1 when
+// not sampling), top ids; out_f [n, 2 + kMaxTop] = token logprob, target logprob, top logprobs. Penalty ids of
+// a row must be unique (sampler.cc applies duplicates twice); V ≤ 393216 (the penalty bitmap lives in shared memory).
+constexpr int kMaxTop = 64;
+constexpr int kMaxGreedyVocab = 48 * 1024 * 8;
+struct GreedyRow {
+  const float* logits;  // [V] device
+  int pen_off, n_pen;   // into pen_ids / pen_counts
+  int mask_off;         // word offset into masks, -1 = all allowed
+  float rep, pres, freq;
+  int target;           // -1 = none
+  int n_top;            // ≤ kMaxTop
+  int sample;           // 1: pick the greedy token
+};
+cudaError_t greedy_rows(const GreedyRow* rows, int n, const int32_t* pen_ids, const int32_t* pen_counts, const uint32_t* masks, int V,
+                        int32_t* out_i, float* out_f, cudaStream_t s);
+
 // The kernel image check: cudaSuccess when the built code runs on the current device.
 cudaError_t probe_image();
 
