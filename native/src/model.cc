@@ -225,8 +225,8 @@ Status Model::load(const LoadOptions& opt, std::unique_ptr<Model>* out) {
   for (auto [n, b] : {std::pair{size_t(T) * H, &m->x_}, {size_t(T) * std::max<int64_t>(H, QD), &m->xb_}, {size_t(T) * QD, &m->q_},
                       {size_t(T) * KD, &m->k_}, {size_t(T) * KD, &m->v_}, {size_t(T) * QD, &m->att_}, {size_t(T) * I, &m->gate_},
                       {size_t(T) * I, &m->up_}, {size_t(R) * H, &m->xo_}, {size_t(R) * c.vocab, &m->logits_},
-                      {size_t(H), &m->med_x_}, {size_t(H), &m->med_t_}, {size_t(kMaxMedusaHeads) * H, &m->med_z_},
-                      {size_t(kMaxMedusaHeads) * c.vocab, &m->med_logits_}})
+                      {size_t(kMedusaRows) * H, &m->med_x_}, {size_t(kMedusaRows) * H, &m->med_t_},
+                      {size_t(kMedusaRows) * H, &m->med_z_}, {size_t(kMedusaRows) * c.vocab, &m->med_logits_}})
     if (st.ok()) st = floats(n, b);
   if (!st.ok())
     return Status::NoMem("cannot allocate the KV pool (" + std::to_string(kv_bytes) + " bytes) and activations for " +
@@ -294,7 +294,7 @@ Status Model::medusa_load(int slot, const MedusaIn& mi) {
   const int64_t H = cfg_.hidden, V = cfg_.vocab;
   if (slot < 0 || slot > 64) return Status::Invalid("Medusa slot " + std::to_string(slot) + " out of range [0, 64]");
   if (mi.heads <= 0 || mi.heads > 16) return Status::Invalid("Medusa head count " + std::to_string(mi.heads) + " outside [1, 16]");
-  static_assert(kMaxMedusaHeads >= 16, "the scratch buffers hold every head");
+  static_assert(kMedusaRows >= 16, "the scratch buffers hold every head of one group");
   MedusaSet s;
   s.heads = mi.heads;
   s.own_lm_head = mi.own_lm_head;
@@ -313,6 +313,8 @@ Status Model::medusa_load(int slot, const MedusaIn& mi) {
 
 // Drafts for the next step: for each group with a Medusa set, head h's top-k tokens at the hidden state of
 // the row that produced the group's last token: state = x + silu(W_h x + b_h), logits = lm_head(state).
+// Groups drafting with the same set run together, kMedusaRows / heads of them at a time, with one read-back of
+// the logits (every row's result is the same as alone: the linear kernels are batch-invariant).
 Status Model::medusa_draft(const StepInput& in, StepOutput* out) {
   const int G = int(in.groups.size()), H = cfg_.hidden, V = cfg_.vocab, K = std::max(1, in.medusa_k);
   int heads = 0;
@@ -323,34 +325,45 @@ Status Model::medusa_draft(const StepInput& in, StepOutput* out) {
   if (heads == 0) return Status::Ok();
   float *x = buf<float>(med_x_), *t = buf<float>(med_t_), *z = buf<float>(med_z_), *logits = buf<float>(med_logits_);
   std::vector<int32_t> idx;
-  std::vector<int64_t> offs;
-  for (int g = 0; g < G; g++) {
-    const auto& gr = in.groups[g];
-    if (gr.medusa < 0) continue;
-    const MedusaSet& ms = medusa_[gr.medusa];
-    offs = {0, int64_t(out->last_row[g]) * H};
-    const int64_t* offs_p;
-    LX_TRY(stage(offs.data(), 2, &offs_p));
-    be_->copy_rows(x, offs_p, buf<float>(xo_), offs_p + 1, 1, H);
+  std::vector<int64_t> dst, src;
+  std::vector<int> gs;
+  std::vector<char> done(G, 0);
+  for (int g0 = 0; g0 < G; g0++) {
+    const int set = in.groups[g0].medusa;
+    if (set < 0 || done[g0]) continue;
+    const MedusaSet& ms = medusa_[set];
+    gs.clear();
+    for (int g = g0; g < G && int(gs.size()) < std::max(1, kMedusaRows / ms.heads); g++)
+      if (!done[g] && in.groups[g].medusa == set) gs.push_back(g), done[g] = 1;
+    const int n = int(gs.size());
+    dst.clear();
+    src.clear();
+    for (int i = 0; i < n; i++) dst.push_back(int64_t(i) * H), src.push_back(int64_t(out->last_row[gs[i]]) * H);
+    const int64_t *dst_p, *src_p;
+    LX_TRY(stage(dst.data(), dst.size(), &dst_p));
+    LX_TRY(stage(src.data(), src.size(), &src_p));
+    be_->copy_rows(x, dst_p, buf<float>(xo_), src_p, n, H);
     const float *w = buf<float>(ms.w), *b = buf<float>(ms.b);
-    for (int h = 0; h < ms.heads; h++) {
-      be_->linear(x, 1, Mat{w + size_t(h) * H * H, DType::F32, H, H}, b + size_t(h) * H, t, false);
-      be_->add_silu(x, t, H, z + size_t(h) * H);
+    for (int h = 0; h < ms.heads; h++) {  // z [heads, n, H]
+      be_->linear(x, n, Mat{w + size_t(h) * H * H, DType::F32, H, H}, b + size_t(h) * H, t, false);
+      be_->add_silu(x, t, int64_t(n) * H, z + size_t(h) * n * H);
     }
     if (ms.own_lm_head)
       for (int h = 0; h < ms.heads; h++)
-        be_->linear(z + size_t(h) * H, 1, Mat{buf<float>(ms.lm) + size_t(h) * V * H, DType::F32, V, H}, nullptr, logits + size_t(h) * V, false);
+        be_->linear(z + size_t(h) * n * H, n, Mat{buf<float>(ms.lm) + size_t(h) * V * H, DType::F32, V, H}, nullptr,
+                    logits + size_t(h) * n * V, false);
     else
-      be_->linear(z, ms.heads, lm_head_, nullptr, logits, false);
+      be_->linear(z, ms.heads * n, lm_head_, nullptr, logits, false);
     const void* lv;
-    LX_TRY(be_->view(logits, size_t(ms.heads) * V * sizeof(float), &lv));
-    for (int h = 0; h < ms.heads; h++) {
-      const float* l = static_cast<const float*>(lv) + size_t(h) * V;
-      idx.resize(V);
-      std::iota(idx.begin(), idx.end(), 0);
-      std::partial_sort(idx.begin(), idx.begin() + K, idx.end(), [l](int32_t a, int32_t b) { return l[a] > l[b] || (l[a] == l[b] && a < b); });
-      for (int k = 0; k < K; k++) out->medusa_ids[(size_t(g) * heads + h) * K + k] = idx[k];
-    }
+    LX_TRY(be_->view(logits, size_t(ms.heads) * n * V * sizeof(float), &lv));
+    for (int i = 0; i < n; i++)
+      for (int h = 0; h < ms.heads; h++) {
+        const float* l = static_cast<const float*>(lv) + (size_t(h) * n + i) * V;
+        idx.resize(V);
+        std::iota(idx.begin(), idx.end(), 0);
+        std::partial_sort(idx.begin(), idx.begin() + K, idx.end(), [l](int32_t a, int32_t b) { return l[a] > l[b] || (l[a] == l[b] && a < b); });
+        for (int k = 0; k < K; k++) out->medusa_ids[(size_t(gs[i]) * heads + h) * K + k] = idx[k];
+      }
   }
   return Status::Ok();
 }

@@ -183,14 +183,14 @@ class Model {
   int max_T_ = 0, max_R_ = 0;
   Buffer x_, xb_, q_, k_, v_, att_, gate_, up_, xo_, logits_;  // op memory activations
   std::vector<float> cos_, sin_;                                // host, staged per step
-  static constexpr int kMaxMedusaHeads = 16;
+  static constexpr int kMedusaRows = 64;  // Medusa scratch rows: (groups drafting together) × heads
   struct MedusaSet {
     int heads = 0;
     bool own_lm_head = false;
     Buffer w, b, lm;  // op memory [heads, H, H], [heads, H], [heads, V, H]
   };
   std::vector<MedusaSet> medusa_;  // slots, grown on load
-  Buffer med_x_, med_t_, med_z_, med_logits_;  // op memory: [H], [H], [heads, H], [heads, V]
+  Buffer med_x_, med_t_, med_z_, med_logits_;  // op memory: [kMedusaRows, H] ×3, [kMedusaRows, V]
   Status medusa_draft(const StepInput& in, StepOutput* out);
   std::vector<LoraSlot> lora_;
   int lora_max_rank_ = 0;
