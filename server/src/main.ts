@@ -9,7 +9,7 @@ import pino from "pino";
 import path from "node:path";
 
 import { AdapterRegistry } from "../../engine/src/adapters/registry.js";
-import { adapterSourcesConfigFromEnv, createAdapterSources, globalTokenFromEnv, resolveSource } from "../../engine/src/adapters/sources/index.js";
+import { adapterSourcesConfigFromEnv, createAdapterSources, globalTokenFromEnv, resolveSource, type AdapterSources } from "../../engine/src/adapters/sources/index.js";
 import { Engine } from "../../engine/src/engine.js";
 import { DEFAULT_SAMPLING } from "../../engine/src/sampling.js";
 import { createApp } from "./app.js";
@@ -18,9 +18,12 @@ import type { ServerContext } from "./context.js";
 import { Metrics } from "./metrics.js";
 
 export async function startServer(config: ServerConfig, logger = makeLogger(config)): Promise<{ ctx: ServerContext; server: Server; close: () => Promise<void> }> {
-  const modelDir = config.modelId;
-  if (!fs.existsSync(modelDir))
-    throw new Error(`--model-id ${modelDir}: no such directory (the Hub and S3 base-model sources need a local copy for now)`);
+  const demo = path.resolve(config.modelId) === DEMO_MODEL_DIR;
+  // Serving the demo model: its adapters and Medusa heads may be read, and its adapters get names.
+  const localRoots = demo ? [...config.adapterLocalRoots, DEMO_MODEL_DIR] : config.adapterLocalRoots;
+  const sources = await createAdapterSources(adapterSourcesConfigFromEnv({ dataDir: config.dataDir, localRoots, logger: logger.child({ part: "sources" }) }));
+  const globalToken = globalTokenFromEnv(process.env);
+  const modelDir = await resolveModel(config, sources, globalToken.serverToken, logger);
   const t0 = Date.now();
   const engine = await Engine.create(modelDir, {
     kvBytes: kvBudgetBytes(config),
@@ -45,10 +48,6 @@ export async function startServer(config: ServerConfig, logger = makeLogger(conf
   const modelId = config.modelId;
   const metrics = new Metrics(modelId);
   const adapterBudget = config.adapterMemoryBytes ?? Math.floor(availableMemory() * config.adapterMemoryFraction);
-  // Serving the demo model: its adapters and Medusa heads may be read, and its adapters have names.
-  const demo = path.resolve(modelDir) === DEMO_MODEL_DIR;
-  const localRoots = demo ? [...config.adapterLocalRoots, DEMO_MODEL_DIR] : config.adapterLocalRoots;
-  const sources = await createAdapterSources(adapterSourcesConfigFromEnv({ dataDir: config.dataDir, localRoots, logger: logger.child({ part: "sources" }) }));
   const registry = new AdapterRegistry({
     backend: engine.backend,
     sources,
@@ -64,7 +63,7 @@ export async function startServer(config: ServerConfig, logger = makeLogger(conf
   });
   engine.setAdapterProvider(registry);
   metrics.watch(engine, registry, config.maxActiveAdapters);
-  const ctx: ServerContext = { engine, config, metrics, logger, registry, modelId, ready: false, globalToken: globalTokenFromEnv(process.env), defaultIsMedusa: false };
+  const ctx: ServerContext = { engine, config, metrics, logger, registry, modelId, ready: false, globalToken, defaultIsMedusa: false };
   if (config.adapterId) {
     // A Medusa --adapter-id turns on speculation for every request; a LoRA one is the default adapter.
     const source = resolveSource(config.adapterId, undefined, config.adapterSource);
@@ -103,6 +102,21 @@ export async function startServer(config: ServerConfig, logger = makeLogger(conf
     engine.backend.close();
   };
   return { ctx, server, close };
+}
+
+/** --model-id as a local directory: a path that exists (or --source local), else a Hub id or s3:// prefix. */
+async function resolveModel(config: ServerConfig, sources: AdapterSources, token: string | undefined, logger: pino.Logger): Promise<string> {
+  const id = config.modelId;
+  const source = config.source ?? (fs.existsSync(id) ? "local" : id.startsWith("s3://") ? "s3" : "hub");
+  if (source === "local") {
+    if (!fs.existsSync(path.join(id, "config.json"))) throw new Error(`--model-id ${id}: no config.json there (a Hugging Face model directory is expected)`);
+    return id;
+  }
+  const ref = source === "hub" && config.revision && !id.includes("@") ? `${id}@${config.revision}` : id;
+  logger.info({ model: ref, source }, "fetching the base model");
+  const fetched = await sources.fetchModel(source, ref, token);
+  logger.info({ model: ref, dir: fetched.dir, bytes: fetched.bytes, ms: fetched.timings.totalMs }, "base model ready");
+  return fetched.dir;
 }
 
 export function makeLogger(config: Pick<ServerConfig, "jsonOutput">): pino.Logger {

@@ -40,6 +40,9 @@ const SHA_RE = /^[0-9a-f]{40}$/;
 const ETAG_RE = /^(?:[0-9a-f]{40}|[0-9a-f]{64})$/;
 
 /** Files an adapter may need besides its weights; fetched when the repo has them. */
+/** Besides config.json and the tokenizer files, what a base model needs (its weights are every .safetensors). */
+const MODEL_FILES = ["generation_config.json", "model.safetensors.index.json"];
+
 const TOKENIZER_FILES = [
   "tokenizer.json",
   "tokenizer_config.json",
@@ -105,13 +108,22 @@ export class HubSource implements AdapterSource {
   }
 
   async fetch(id: string, token: string | undefined, signal?: AbortSignal): Promise<FetchedAdapter> {
+    return this.fetchKind(id, token, "adapter", signal);
+  }
+
+  /** A base model repository (config, tokenizer, safetensors weights) into the Hub cache. */
+  fetchModel(id: string, token: string | undefined, signal?: AbortSignal): Promise<FetchedAdapter> {
+    return this.fetchKind(id, token, "model", signal);
+  }
+
+  private async fetchKind(id: string, token: string | undefined, kind: "adapter" | "model", signal?: AbortSignal): Promise<FetchedAdapter> {
     const started = Date.now();
     const ref = parseHubId(id);
     const { sha } = await this.resolve(ref, id, token, signal, this.ctx.reuseMs);
     const resolveMs = Date.now() - started;
-    const key = `hub:${ref.repo}@${sha}`;
+    const key = `hub:${ref.repo}@${sha}${kind === "model" ? ":model" : ""}`;
     const repoDir = join(this.cacheDir, hubRepoFolder(ref.repo));
-    const got = await this.cache.obtain(key, () => this.download(ref, id, sha, token, repoDir, key), signal, `hub adapter "${id}": download`, true);
+    const got = await this.cache.obtain(key, () => this.download(ref, id, sha, token, repoDir, key, kind), signal, `hub ${kind} "${id}": download`, true);
     if (ref.revision !== sha) await this.writeRef(repoDir, ref.revision, sha);
     return {
       source: "hub",
@@ -225,7 +237,7 @@ export class HubSource implements AdapterSource {
     return err;
   }
 
-  private download(ref: HubRef, id: string, sha: string, token: string | undefined, repoDir: string, key: string): Promise<CacheEntry> {
+  private download(ref: HubRef, id: string, sha: string, token: string | undefined, repoDir: string, key: string, kind: "adapter" | "model"): Promise<CacheEntry> {
     return this.cache.withLock(lockKeyOf({ kind: "hub", dir: "", repoDir }), async () => {
       const existing = this.cache.get(key);
       if (existing !== undefined) return existing;
@@ -234,9 +246,14 @@ export class HubSource implements AdapterSource {
       try {
         const listing = await this.listRoot(ref, id, sha, token, deadline);
         const want = (path: string): ListFileEntry | undefined => listing.get(path);
-        const small = ["adapter_config.json", "config.json", ...TOKENIZER_FILES].flatMap((p) => want(p) ?? []);
+        const small = ["adapter_config.json", "config.json", ...TOKENIZER_FILES, ...(kind === "model" ? MODEL_FILES : [])].flatMap((p) => want(p) ?? []);
         const weights: ListFileEntry[] = [];
-        if (want("adapter_config.json") !== undefined) {
+        if (kind === "model") {
+          if (want("config.json") === undefined) throw new NotFoundError(`hub model "${id}" (${ref.repo}@${ref.revision}) has no config.json: not a Hugging Face model repository`);
+          weights.push(...[...listing.values()].filter((f) => f.path.endsWith(".safetensors")));
+          if (weights.length === 0)
+            throw new AdapterIncompatibleError(`hub model "${id}" has no .safetensors weights (PyTorch .bin base weights are not supported: use a safetensors revision)`);
+        } else if (want("adapter_config.json") !== undefined) {
           const w = want("adapter_model.safetensors") ?? want("adapter_model.bin");
           if (w === undefined) {
             throw new AdapterIncompatibleError(`hub adapter "${id}" has adapter_config.json but neither adapter_model.safetensors nor adapter_model.bin`);
@@ -244,14 +261,16 @@ export class HubSource implements AdapterSource {
           weights.push(w);
         }
         await forEachLimit(small, 4, (f) => this.ensureFile(ref, id, sha, f, token, repoDir, deadline));
-        if (want("config.json") !== undefined && (await isMedusaConfig(join(snapshot, "config.json")))) {
-          const heads = [...listing.values()].filter((f) => f.path.endsWith(".safetensors") && !weights.includes(f));
-          if (heads.length === 0) throw new AdapterIncompatibleError(`hub adapter "${id}" is Medusa heads (config.json) without a .safetensors weight file`);
-          weights.push(...heads);
-        } else if (weights.length === 0) {
-          throw new AdapterIncompatibleError(
-            `hub adapter "${id}" (${ref.repo}@${ref.revision}) is neither a PEFT LoRA (no adapter_config.json) nor Medusa heads (no config.json with medusa_num_heads)`,
-          );
+        if (kind === "adapter") {
+          if (want("config.json") !== undefined && (await isMedusaConfig(join(snapshot, "config.json")))) {
+            const heads = [...listing.values()].filter((f) => f.path.endsWith(".safetensors") && !weights.includes(f));
+            if (heads.length === 0) throw new AdapterIncompatibleError(`hub adapter "${id}" is Medusa heads (config.json) without a .safetensors weight file`);
+            weights.push(...heads);
+          } else if (weights.length === 0) {
+            throw new AdapterIncompatibleError(
+              `hub adapter "${id}" (${ref.repo}@${ref.revision}) is neither a PEFT LoRA (no adapter_config.json) nor Medusa heads (no config.json with medusa_num_heads)`,
+            );
+          }
         }
         const weightBytes = weights.reduce((s, f) => s + (f.lfs?.size ?? f.size), 0);
         await this.cache.enforceBudget(weightBytes);

@@ -122,6 +122,14 @@ export class AdapterSources {
     return this.get(source).fetch(id, token, signal);
   }
 
+  /**
+   * A base model (SPEC §2): a Hub repository into the Hub cache, or every file under an s3:// prefix; the returned
+   * dir holds config.json, the tokenizer and the safetensors weights. (A local model directory needs no source.)
+   */
+  fetchModel(source: "hub" | "s3", id: string, token: string | undefined): Promise<FetchedAdapter> {
+    return source === "hub" ? (this.sources.hub as HubSource).fetchModel(id, token) : this.sources.s3.fetch(id, token);
+  }
+
   /** Writes the cache index out; call before exit. */
   close(): Promise<void> {
     return this.cache.flush();
