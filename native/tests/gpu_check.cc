@@ -82,11 +82,23 @@ struct Rng {
   }
 };
 
+// f32 → f16, round to nearest even (normal range and subnormals; overflow to infinity).
 uint16_t to_f16(float f) {
-  _Float16 h = static_cast<_Float16>(f);
-  uint16_t u;
-  std::memcpy(&u, &h, 2);
-  return u;
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  const uint32_t sign = (u >> 16) & 0x8000u, man = u & 0x7fffffu;
+  const int32_t exp = int32_t((u >> 23) & 0xff) - 127 + 15;
+  if (((u >> 23) & 0xff) == 0xff) return uint16_t(sign | 0x7c00u | (man ? 0x200u : 0));
+  if (exp >= 31) return uint16_t(sign | 0x7c00u);
+  if (exp <= 0) {
+    if (exp < -10) return uint16_t(sign);
+    const uint32_t m = man | 0x800000u, shift = uint32_t(14 - exp), half = m >> shift, rem = m & ((1u << shift) - 1), mid = 1u << (shift - 1);
+    return uint16_t(sign | (half + (rem > mid || (rem == mid && (half & 1u)))));
+  }
+  uint32_t h = sign | (uint32_t(exp) << 10) | (man >> 13);
+  const uint32_t rem = man & 0x1fffu;
+  if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) h++;
+  return uint16_t(h);
 }
 std::vector<uint8_t> encode(const std::vector<float>& v, DType dt) {
   std::vector<uint8_t> out(v.size() * dtype_size(dt));

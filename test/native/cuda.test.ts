@@ -1,7 +1,6 @@
-// The CUDA backend from JavaScript: the addon says whether CUDA was compiled in (it must be whenever nvcc is on
-// this machine) and whether a GPU is usable; `device: "cuda"` without one fails with the reason. On a GPU: every op
-// against the CPU reference through kernel(), sampling against the CPU sampler, and tiny models on cpu vs cuda
-// (logits, greedy tokens, LoRA).
+// The CUDA backend from JavaScript: CUDA compiled in whenever nvcc is here, `device: "cuda"` without a GPU fails
+// naming the reason; on a GPU, every op and the sampler against the CPU, and tiny models on cpu vs cuda. The native
+// check binary (scripts/gpu-check.sh) covers the same without Node, plus the benchmark.
 import { execFileSync } from "node:child_process";
 import path from "node:path";
 import { fileURLToPath } from "node:url";

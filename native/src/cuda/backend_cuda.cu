@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <mutex>
 #include <vector>
 
@@ -110,12 +111,13 @@ class CudaBackend final : public Backend {
     const cu::GemmPlan p = cu::gemm_plan(T, N, K, W.dtype, W.data, sms_);
     const void* a16 = nullptr;
     if (p.kind != 0) {
-      if (!(a16_.x == x && a16_.n == int64_t(T) * K && a16_.dt == W.dtype)) {
+      const uint64_t epoch = epoch_.load(std::memory_order_relaxed);
+      if (!(a16_.x == x && a16_.n == int64_t(T) * K && a16_.dt == W.dtype && a16_.epoch == epoch)) {
         a16_.x = nullptr;
         void* buf = grow(a16_buf_, p.a16_bytes);
         if (!buf) return;
         check(cu::to_16bit(x, int64_t(T) * K, W.dtype, buf, s_), "linear (x to 16 bits)");
-        a16_ = {x, int64_t(T) * K, W.dtype};
+        a16_ = {x, int64_t(T) * K, W.dtype, epoch};
       }
       a16 = a16_buf_.p;
     }
@@ -257,7 +259,7 @@ class CudaBackend final : public Backend {
   }
 
   Status alloc(size_t bytes, Buffer* out) override {
-    a16_.x = nullptr;  // a new buffer may sit where the cached x was
+    epoch_.fetch_add(1, std::memory_order_relaxed);  // a new buffer may sit where the cached x was (any thread)
     cudaSetDevice(dev_);
     void* p = nullptr;
     cudaError_t e = cudaMalloc(&p, std::max<size_t>(bytes, 1));
@@ -285,7 +287,7 @@ class CudaBackend final : public Backend {
   }
   Status upload(void* dst, const void* host, size_t bytes) override {
     if (!bytes) return Status::Ok();
-    a16_.x = nullptr;
+    epoch_.fetch_add(1, std::memory_order_relaxed);
     cudaSetDevice(dev_);
     cudaError_t e = cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, up_);
     if (e == cudaSuccess) e = cudaStreamSynchronize(up_);
@@ -418,11 +420,15 @@ class CudaBackend final : public Backend {
   std::vector<void*> consts_, pending_;
   Arena stage_{true}, read_{false};
   Scratch a16_buf_, ws_, samp_;
+  // The x whose 16-bit copy sits in a16_buf_; ops on the step thread clear it, memory changes from any thread
+  // (alloc, upload: adapter loads run beside steps) bump epoch_.
   struct {
     const float* x = nullptr;  // null: nothing cached
     int64_t n = 0;
     DType dt = DType::BF16;
+    uint64_t epoch = 0;
   } a16_;
+  std::atomic<uint64_t> epoch_{0};
 };
 
 }  // namespace

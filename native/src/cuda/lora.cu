@@ -1,7 +1,6 @@
-// Multi-LoRA on CUDA: shrink (s = A·x) and expand (y += scale · Bt^T s) over tiles of one adapter's tokens, in
-// two forms: gather (BGMV, one token per tile: decode batches where adapters differ per row) and segment (SGMV,
-// up to 8 tokens of one adapter per tile: prefill). Ranks differ per tile, no padding to the largest.
-// Reference: ref::lora in kernels_ref.cc. Adapter weights are f32 [rank, d_in] (A) and [rank, d_out] (Bt).
+// Multi-LoRA on CUDA: shrink (s = A·x) and expand (y += scale·Bt^T s) over tiles of one adapter's tokens, in gather
+// (BGMV, one token per tile: decode) and segment (SGMV, ≤ 8 tokens per tile: prefill) forms, mixed ranks unpadded.
+// Reference: ref::lora in kernels_ref.cc. Adapter storage and grouping belong to the model (f32 A and Bt).
 #include <algorithm>
 #include <vector>
 

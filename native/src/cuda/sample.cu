@@ -1,7 +1,6 @@
-// Sampling on CUDA for the rows that need no draw: raw log-probabilities (logsumexp), the top-N alternatives
-// (value desc, id asc), the target's logprob, and the greedy token after repetition/presence/frequency penalties
-// and the allowed-token mask. One CTA per row. Reference: sample_row in sampler.cc (rows that draw a token
-// from a filtered distribution stay on the host; backend_cuda.cu reads back their logits).
+// Sampling on CUDA for rows that need no draw: logsumexp, top-N alternatives, target logprob and the greedy token
+// after penalties and the allowed-token mask, one CTA per row. Reference: sample_row in sampler.cc; rows that draw
+// from a filtered distribution stay on the host (backend_cuda.cu reads their logits back).
 #include <climits>
 
 #include "common.cuh"
