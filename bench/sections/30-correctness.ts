@@ -14,7 +14,7 @@ const section: BenchSection = {
   async run(ctx) {
     const peer = await ctx.peer();
     if (!peer) return skipped(`needs llama.cpp: ${ctx.peerUnavailable}`);
-    const n = ctx.quick ? 2 : 8, newTokens = ctx.quick ? 12 : 32;
+    const n = ctx.quick ? 2 : 6, newTokens = ctx.quick ? 12 : 24;
     const ps = prompts(n, ctx.quick ? 16 : 24, 3);
     const engine = await Engine.create(ctx.benchModel("F32"), {
       kvBytes: 256 << 20, blockSize: 16, maxStepTokens: 512, maxOutRows: 64, maxBatchPrefillTokens: 512,
