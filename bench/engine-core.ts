@@ -3,6 +3,7 @@
 // and FMA throughput measured in the same run (the decode roofline). Run: `tsx bench/engine-core.ts [--quick]`;
 // `npm run bench` calls benchCore with llama.cpp as the companion measured after each of our figures.
 import { Engine, type StepEvent } from "../engine/src/engine.js";
+import { engineDecode, median } from "./lib/measure.js";
 import { native } from "../engine/src/native.js";
 import { DEFAULT_SAMPLING } from "../engine/src/sampling.js";
 import type { DType } from "../engine/src/model/safetensors.js";
@@ -44,29 +45,9 @@ export const prefillPrompt = (): number[] => Array.from({ length: 512 }, (_, i) 
 export const decodePrompts = (concurrency: number, len = 16): number[][] =>
   Array.from({ length: concurrency }, (_, i) => Array.from({ length: len }, (_, j) => 100 + 37 * i + j));
 
-const median = (xs: number[]) => xs.slice().sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-
 async function decodeRate(engine: Engine, concurrency: number, newTokens: number, promptLen: number): Promise<{ tokS: number; wallTokS: number }> {
-  // Measure only steps where every running sequence decodes (no prefill in the step).
-  let tokens = 0, micros = 0, pure = 0, first = 0, last = 0;
-  const onStep = (e: StepEvent) => {
-    if (e.stats.prefillTokens === 0 && e.stats.decodeTokens === concurrency) {
-      tokens += e.tokens;
-      micros += e.micros;
-      last = performance.now();
-      if (pure++ === 0) first = last;
-    }
-  };
-  engine.on("step", onStep);
-  const params = { ...DEFAULT_SAMPLING, maxNewTokens: newTokens, ignoreEos: true };
-  await Promise.all(
-    decodePrompts(concurrency, promptLen).map(async (prompt) => {
-      for await (const _e of engine.generate({ prompt, params }));
-    }),
-  );
-  engine.off("step", onStep);
-  // Wall-clock: from the end of the first pure decode step to the end of the last, i.e. pure - 1 whole steps.
-  return { tokS: tokens / (micros / 1e6), wallTokS: pure > 1 ? (concurrency * (pure - 1)) / ((last - first) / 1e3) : NaN };
+  const r = await engineDecode(engine, decodePrompts(concurrency, promptLen), newTokens);
+  return { tokS: r.tokS, wallTokS: r.wallTokS };
 }
 
 export async function benchCore(dtype: DType, quick: boolean, bandwidth: number, opts: CoreOptions = {}): Promise<CoreResult> {
