@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Builds the native GPU check (nvcc + g++, no Node: build/gpu-check/gpu_check) and runs it: every CUDA op
 # against the CPU reference, tiny models decoded on CPU and CUDA, and a short benchmark. Results go to stdout
-# and, when $OUT is set, to $OUT/gpu-check.txt, gpu-check.json and gpu-check.log. It changes nothing else.
+# and, when $OUT is set, to $OUT/gpu-check.log and $OUT/{ops,e2e,bench}.json. It changes nothing else.
 #
 #   scripts/gpu-check.sh                 build, then run everything (about 2-4 minutes on an H200)
 #   scripts/gpu-check.sh --build-only    build only (make cuda)
-#   scripts/gpu-check.sh --quick         fewer benchmark cases; other flags go to gpu_check (see its header)
+#   scripts/gpu-check.sh --quick         fewer benchmark cases; --sanitize adds a compute-sanitizer pass;
+#                                        other flags go to gpu_check (see native/tests/gpu_check.cc)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,9 +50,41 @@ echo "gpu-check: built $BUILD/gpu_check in $(( $(date +%s) - t0 )) s"
 if [ "${1:-}" = "--build-only" ]; then exit 0; fi
 
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv || true
-if [ -n "${OUT:-}" ]; then
-  set -o pipefail
-  "$BUILD/gpu_check" --require-gpu "$@" 2>&1 | tee "$OUT/gpu-check.log"
-else
-  "$BUILD/gpu_check" --require-gpu "$@"
+# Each section in its own process and under its own time limit: a CUDA fault is sticky for a process, so a
+# broken kernel in one section cannot hide the results of the others. --sanitize first runs the op and
+# end-to-end checks under compute-sanitizer memcheck (slower; finds out-of-bounds accesses that do not crash).
+SANITIZE=0
+ARGS=()
+for a in "$@"; do if [ "$a" = "--sanitize" ]; then SANITIZE=1; else ARGS+=("$a"); fi; done
+LOG=/dev/null
+if [ -n "${OUT:-}" ]; then LOG="$OUT/gpu-check.log"; fi
+status=0
+run() {  # name, seconds, gpu_check flags...
+  local name=$1 secs=$2
+  shift 2
+  echo "== $name" | tee -a "$LOG"
+  set +e
+  timeout "$secs" "$@" --name "$name" 2>&1 | tee -a "$LOG"
+  local rc=${PIPESTATUS[0]}
+  set -e
+  if [ "$rc" = 124 ]; then echo "gpu-check: $name timed out after $secs s" | tee -a "$LOG"; fi
+  if [ "$rc" != 0 ]; then status=1; fi
+}
+BIN="$BUILD/gpu_check --require-gpu"
+case " ${ARGS[*]} " in
+  *" --self-test "*) ;;  # the CPU stands in for CUDA: no GPU needed
+  *) if ! $BIN --skip-ops --skip-e2e --skip-bench --name probe >/dev/null; then
+       $BIN --skip-ops --skip-e2e --skip-bench --name probe | tee -a "$LOG" || true
+       echo "gpu-check: no usable GPU here; nothing was checked" | tee -a "$LOG"
+       exit 3
+     fi ;;
+esac
+if [ "$SANITIZE" = 1 ]; then
+  SAN=$(command -v compute-sanitizer || echo "$CUDA/bin/compute-sanitizer")
+  run sanitize 300 "$SAN" --tool memcheck --error-exitcode 9 $BIN --skip-bench --quick "${ARGS[@]}"
 fi
+run ops 150 $BIN --skip-e2e --skip-bench "${ARGS[@]}"
+run e2e 150 $BIN --skip-ops --skip-bench "${ARGS[@]}"
+run bench 420 $BIN --skip-ops --skip-e2e "${ARGS[@]}"
+echo "gpu-check: $([ "$status" = 0 ] && echo "all passed" || echo "FAILURES above") ($(( $(date +%s) - t0 )) s with the build)" | tee -a "$LOG"
+exit "$status"

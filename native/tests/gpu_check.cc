@@ -2,8 +2,8 @@
 // random models decoded greedily on CPU and CUDA, and a short benchmark (GEMM TFLOP/s, LoRA GB/s, decode tok/s of
 // a 7B-shaped random model). Built and run by scripts/gpu-check.sh; it does not build anything itself.
 //
-// gpu_check [--require-gpu] [--skip-ops] [--skip-e2e] [--skip-bench] [--quick] [--self-test]
-// Prints a table; with $OUT set also writes $OUT/gpu-check.txt and $OUT/gpu-check.json. Exit 1 when a check
+// gpu_check [--require-gpu] [--skip-ops] [--skip-e2e] [--skip-bench] [--quick] [--self-test] [--name NAME]
+// Prints a table; with $OUT set also writes its numbers to $OUT/NAME.json (NAME: gpu-check). Exit 1 when a check
 // fails, 3 when --require-gpu and no GPU is usable (0 and a SKIP line otherwise). --self-test runs the op and
 // end-to-end checks with the CPU fast kernels in CUDA's place (no GPU needed): it tests this harness.
 #include <cuda_runtime.h>
@@ -34,17 +34,13 @@ namespace {
 // ------------------------------------------------------------------------------------------------------------
 // Results
 
-struct Row {
-  std::string section, name, value, limit, status;
-};
-std::vector<Row> g_rows;
 std::vector<std::pair<std::string, double>> g_metrics;
 int g_failures = 0;
+std::string g_name = "gpu-check";
 std::string g_device = "cuda";  // the device under test (--self-test: cpu)
 
 void row(const std::string& section, const std::string& name, const std::string& value, const std::string& limit,
          const std::string& status) {
-  g_rows.push_back({section, name, value, limit, status});
   if (status == "FAIL") g_failures++;
   std::printf("%-6s %-58s %-22s %-18s %s\n", section.c_str(), name.c_str(), value.c_str(), limit.c_str(), status.c_str());
   std::fflush(stdout);
@@ -872,14 +868,7 @@ void bench_decode(bool quick) {
 void write_out() {
   const char* out = std::getenv("OUT");
   if (!out || !*out) return;
-  std::ofstream txt(std::string(out) + "/gpu-check.txt");
-  char line[512];
-  for (const Row& r : g_rows) {
-    std::snprintf(line, sizeof line, "%-6s %-58s %-22s %-18s %s\n", r.section.c_str(), r.name.c_str(), r.value.c_str(), r.limit.c_str(),
-                  r.status.c_str());
-    txt << line;
-  }
-  std::ofstream js(std::string(out) + "/gpu-check.json");
+  std::ofstream js(std::string(out) + "/" + g_name + ".json");
   js << "{\n  \"failures\": " << g_failures << ",\n  \"metrics\": {\n";
   for (size_t i = 0; i < g_metrics.size(); i++) {
     std::string k = g_metrics[i].first;
@@ -903,8 +892,9 @@ int main(int argc, char** argv) {
     else if (a == "--skip-bench") bench = false;
     else if (a == "--quick") quick = true;
     else if (a == "--self-test") g_device = "cpu", bench = false;
+    else if (a == "--name" && i + 1 < argc) g_name = argv[++i];
     else {
-      std::fprintf(stderr, "usage: gpu_check [--require-gpu] [--skip-ops] [--skip-e2e] [--skip-bench] [--quick]\n");
+      std::fprintf(stderr, "usage: gpu_check [--require-gpu] [--skip-ops] [--skip-e2e] [--skip-bench] [--quick] [--self-test] [--name NAME]\n");
       return 2;
     }
   }
