@@ -46,7 +46,7 @@ export interface ServerConfig {
   maxMergeIds: number;
   speculativeTokens: number;
   dtype?: "float32" | "bfloat16" | "float16";
-  device: "cpu" | "cuda";
+  device: "cpu" | "cuda" | undefined;
   hostname: string;
   port: number;
   jsonOutput: boolean;
@@ -112,7 +112,7 @@ export function buildCommand(): Command {
     .addOption(opt("--max-merge-ids <n>", "most adapters in one merged_adapters request").argParser(int("--max-merge-ids", 1)).default(8))
     .addOption(opt("--speculative-tokens <n>", "prompt-lookup speculation depth when no Medusa adapter is set (0 = off)").argParser(int("--speculative-tokens", 0)).default(0))
     .addOption(opt("--dtype <dtype>", "weights in memory (default: as stored)").argParser(choice("--dtype", ["float32", "bfloat16", "float16"] as const)))
-    .addOption(opt("--device <device>", "compute device").argParser(choice("--device", ["cpu", "cuda"] as const)).default("cpu"))
+    .addOption(opt("--device <device>", "compute device (default: cuda when a GPU is usable, else cpu)").argParser(choice("--device", ["cpu", "cuda"] as const)))
     .addOption(opt("--hostname <host>", "address to listen on").default("127.0.0.1"))
     .addOption(opt("--port <port>", "port to listen on").argParser(int("--port", 0)).default(8080))
     .addOption(opt("--json-output", "structured JSON logs (one object per line)").default(false))

@@ -42,6 +42,7 @@ export async function startServer(config: ServerConfig, logger = makeLogger(conf
     loraSlots: config.maxActiveAdapters,
     loraMaxRank: config.loraMaxRank,
     speculativeTokens: config.speculativeTokens,
+    device: config.device ?? "auto",
   });
   const info = engine.backend.info();
   logger.info({ model: modelDir, backend: info.backend, threads: info.threads, weightMB: Math.round(info.weightBytes / 1e6), kvBlocks: info.kvBlocks, ms: Date.now() - t0 }, "model loaded");

@@ -23,7 +23,7 @@ export function miscRoutes(ctx: ServerContext): Router {
       model_id: ctx.modelId,
       model_sha: null,
       model_dtype: c.dtype ?? e.spec.torchDtype ?? "float32",
-      model_device_type: c.device,
+      model_device_type: info.backend.startsWith("cuda") ? "cuda" : "cpu",
       model_pipeline_tag: "text-generation",
       max_concurrent_requests: c.maxConcurrentRequests,
       max_best_of: c.maxBestOf,
