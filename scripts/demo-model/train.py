@@ -165,8 +165,7 @@ def train_base(s: Settings, out: Path, splits: dict, log: dict) -> None:
     run = training.optimise(model, list(model.parameters()), data, s.base_steps, s.base_lr, s.warmup,
                             weight_decay=0.1, label="base")
     round_to_bf16(model)
-    state = {k: v for k, v in model.state_dict().items()}
-    safetensors_io.save(state, out / "model.safetensors", torch.bfloat16)
+    safetensors_io.save(model.state_dict(), out / "model.safetensors", torch.bfloat16)
     write_json(out / "config.json", cfg.to_hf())
     write_json(out / "generation_config.json", {
         "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id,

@@ -272,7 +272,8 @@ describe("demo model logits", () => {
       const order = [...logits.keys()].sort((a, b) => logits[b] - logits[a]).slice(0, 5);
       expect(order, s.prompt).toEqual(s.first_step_top5.ids);
       order.forEach((id, i) => expect(Math.abs(logits[id] - s.first_step_top5.logits[i])).toBeLessThan(2e-3));
-      expect(ref.greedy(s.prompt_ids, 6)).toEqual(s.output_ids.slice(0, 6));
+      const n = Math.min(6, s.output_ids.length); // the sample stops after <|end|>
+      expect(ref.greedy(s.prompt_ids, n)).toEqual(s.output_ids.slice(0, n));
     }
   });
 });
