@@ -25,7 +25,7 @@ tiny-models:
 	npx tsx scripts/tiny-models.ts
 
 demo-model:
-	python3 scripts/demo-model/train.py --out models/demo
+	/usr/bin/python3 scripts/demo-model/train.py --out models/demo
 
 clean:
 	rm -rf build dist .cache/tiny-models

@@ -141,29 +141,26 @@ void rows_tokens_direct(const void* W, int64_t K, int64_t r0, int64_t r1, const 
   }
 }
 
-// Rows [r0, r1) for all T tokens: weights of a 16-row × 256-k block are converted to f32 once (if needed) and
-// reused by every token group; lane accumulators live in accbuf between k blocks.
+// Rows [r0, r1) for all T tokens: a 16-row block of weights is converted to f32 once, whole rows at a time (long
+// sequential reads the prefetchers follow), into scratch whose row stride is padded off a power of two (rows
+// 4 KiB apart would share L1 sets); then 256-k slices of it are reused by every token group, with the lane
+// accumulators kept in accbuf between slices.
 template <DType D>
 void rows_blocked(const void* W, int64_t K, int64_t r0, int64_t r1, const float* x, int T, int64_t N,
                   const float* bias, float* y, bool accumulate, std::vector<float>& scratch, std::vector<float>& accbuf) {
   const int64_t kvec = K & ~int64_t(7);
-  if (scratch.size() < size_t(kRowBlock * kKBlock)) scratch.resize(kRowBlock * kKBlock);
+  const int64_t ldw = kvec + 16;
+  if (scratch.size() < size_t(kRowBlock * ldw)) scratch.resize(kRowBlock * ldw);
   if (accbuf.size() < size_t(T) * kRowBlock * 8) accbuf.resize(size_t(T) * kRowBlock * 8);
   for (int64_t rb = r0; rb < r1; rb += kRowBlock) {
     const int64_t nr = std::min<int64_t>(kRowBlock, r1 - rb);
     std::fill(accbuf.begin(), accbuf.begin() + int64_t(T) * kRowBlock * 8, 0.f);
     auto acc_at = [&](int64_t t, int64_t i) { return accbuf.data() + (t * kRowBlock + i) * 8; };
+    for (int64_t i = 0; i < nr; i++)
+      for (int64_t k = 0; k < kvec; k += 8) _mm256_storeu_ps(scratch.data() + i * ldw + k, load8<D>(W, (rb + i) * K + k));
+    const float* Wb = scratch.data();
     for (int64_t kb = 0; kb < kvec; kb += kKBlock) {
       const int64_t kl = std::min<int64_t>(kKBlock, kvec - kb);
-      // Weights for this block as f32: [nr, kl] with row stride kl, addressed as columns kb..kb+kl.
-      // Always through a contiguous scratch block, f32 weights too: rows of a power-of-two stride (4 KiB for
-      // K = 1024) would all fall into the same L1 sets and evict each other.
-      for (int64_t i = 0; i < nr; i++)
-        for (int64_t k = 0; k < kl; k += 8)
-          _mm256_storeu_ps(scratch.data() + i * kl + k, load8<D>(W, (rb + i) * K + kb + k));
-      const void* Wb = scratch.data();
-      const int64_t ldw = kl, row_base = 0, koff = 0;
-      const float* xb = x + kb - koff;  // so that x + t*K + koff addresses column kb
       int t = 0;
       auto group = [&](auto nt_tag) {
         constexpr int NT = decltype(nt_tag)::value;
@@ -172,14 +169,14 @@ void rows_blocked(const void* W, int64_t K, int64_t r0, int64_t r1, const float*
           __m256 acc[NT * 4];
           for (int tt = 0; tt < NT; tt++)
             for (int j = 0; j < 4; j++) acc[tt * 4 + j] = _mm256_loadu_ps(acc_at(t + tt, i + j));
-          tile<DType::F32, 4, NT>(Wb, ldw, row_base + i, xb + int64_t(t) * K, K, koff, koff + kl, acc);
+          tile<DType::F32, 4, NT>(Wb, ldw, i, x + int64_t(t) * K, K, kb, kb + kl, acc);
           for (int tt = 0; tt < NT; tt++)
             for (int j = 0; j < 4; j++) _mm256_storeu_ps(acc_at(t + tt, i + j), acc[tt * 4 + j]);
         }
         for (; i < nr; i++) {
           __m256 acc[NT];
           for (int tt = 0; tt < NT; tt++) acc[tt] = _mm256_loadu_ps(acc_at(t + tt, i));
-          tile<DType::F32, 1, NT>(Wb, ldw, row_base + i, xb + int64_t(t) * K, K, koff, koff + kl, acc);
+          tile<DType::F32, 1, NT>(Wb, ldw, i, x + int64_t(t) * K, K, kb, kb + kl, acc);
           for (int tt = 0; tt < NT; tt++) _mm256_storeu_ps(acc_at(t + tt, i), acc[tt]);
         }
       };
