@@ -79,6 +79,12 @@ describe("fast kernels match the reference", () => {
     expect(b.reduce((s: number, v: number) => s + v, 0)).toBeCloseTo(1, 5);
   });
 
+  it.each([1, 7, 8, 33, 32000])("logsumexp n=%i", (n) => {
+    const x = randn(n, 30);
+    const [a, b] = both("logsumexp", { x });
+    expect(Math.abs(a - b)).toBeLessThan(1e-5 * Math.max(1, Math.abs(a)));
+  });
+
   it.each([
     [1, 4, 4, 8, 0],
     [5, 4, 2, 16, 0],
