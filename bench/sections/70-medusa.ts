@@ -16,8 +16,9 @@ const OPTS: EngineOptions = {
   maxWaitingTokens: 20, waitingServedRatio: 0, maxConcurrentRequests: 64,
 };
 
-const PROMPTS = ["The meaning of life is", "A friend in need", "You will", "Never trust a", "The best way to", "In the beginning", "Love is", "Today is a good day to"];
+const PROMPTS = ["The meaning of life is", "A friend in need", "You will", "Never trust a", "The best way to", "In the beginning", "Love is", "Today is a good day to", "My computer", "Tell me", "Money is", "When in doubt"];
 
+/** Greedy generations to their natural end (EOS; the heads were trained on text, not on what follows EOS). */
 async function run(engine: Engine, texts: string[], newTokens: number): Promise<{ tokS: number; outputs: number[][] }> {
   const ids = texts.map((t) => engine.tokenizer.encode(t));
   const t0 = performance.now();
@@ -25,7 +26,7 @@ async function run(engine: Engine, texts: string[], newTokens: number): Promise<
   const outputs = await Promise.all(
     ids.map(async (prompt) => {
       const out: number[] = [];
-      for await (const e of engine.generate({ prompt, params: { ...DEFAULT_SAMPLING, maxNewTokens: newTokens, ignoreEos: true } }))
+      for await (const e of engine.generate({ prompt, params: { ...DEFAULT_SAMPLING, maxNewTokens: newTokens } }))
         if (e.type === "token") out.push(e.id), tokens++;
       return out;
     }),
@@ -39,7 +40,7 @@ const section: BenchSection = {
   async run(ctx) {
     if (!fs.existsSync(path.join(DEMO_MODEL_DIR, "medusa", "config.json"))) return skipped(`no demo Medusa heads in ${DEMO_MODEL_DIR}/medusa (make demo-model)`);
     const plain = await Engine.create(DEMO_MODEL_DIR, OPTS);
-    const medusa = await Engine.create(DEMO_MODEL_DIR, { ...OPTS, medusaTreeSize: 12 });
+    const medusa = await Engine.create(DEMO_MODEL_DIR, { ...OPTS, medusaTreeSize: 8 });
     const heads = await readMedusa(path.join(DEMO_MODEL_DIR, "medusa"), {
       numLayers: medusa.spec.numLayers, hiddenSize: medusa.spec.hiddenSize, intermediateSize: medusa.spec.intermediateSize, numHeads: medusa.spec.numHeads,
       numKvHeads: medusa.spec.numKvHeads, headDim: medusa.spec.headDim, vocabSize: medusa.spec.vocabSize,
@@ -51,16 +52,19 @@ const section: BenchSection = {
     const rows: { batch: number; plainTokS: number; medusaTokS: number; speedup: number; tokensPerStep: number; identical: boolean }[] = [];
     try {
       for (const batch of [1, 8]) {
-        const texts = PROMPTS.slice(0, batch);
         const p: number[] = [], m: number[] = [];
         let identical = true;
         const before = { acc: medusa.specAccepted, steps: medusa.specSteps };
+        // Batch 1: every prompt alone, one after the other; batch 8: eight at once.
+        const batches = batch === 1 ? PROMPTS.map((t) => [t]) : [PROMPTS.slice(0, 8)];
         for (let rep = 0; rep < (ctx.quick ? 2 : 3); rep++) {
-          const a = await run(plain, texts, newTokens);
-          const b = await run(medusa, texts, newTokens);
-          p.push(a.tokS);
-          m.push(b.tokS);
-          identical &&= JSON.stringify(a.outputs) === JSON.stringify(b.outputs);
+          for (const texts of batches) {
+            const a = await run(plain, texts, newTokens);
+            const b = await run(medusa, texts, newTokens);
+            p.push(a.tokS);
+            m.push(b.tokS);
+            identical &&= JSON.stringify(a.outputs) === JSON.stringify(b.outputs);
+          }
         }
         const tokensPerStep = 1 + (medusa.specAccepted - before.acc) / Math.max(1, medusa.specSteps - before.steps);
         rows.push({ batch, plainTokS: median(p), medusaTokS: median(m), speedup: ratio(median(m), median(p)), tokensPerStep, identical });
@@ -79,9 +83,9 @@ const section: BenchSection = {
       ctx.log(`prompt lookup on copy-heavy prompts: ${fmtX(lookupSpeedup)}, ${lookupPerStep.toFixed(2)} tokens/step`);
       const b1 = rows[0];
       return {
-        json: { newTokens, heads: heads.heads, treeSize: 12, rows, lookup: { speedup: lookupSpeedup, tokensPerStep: lookupPerStep, plainTokS: median(lp), lookupTokS: median(lq) } },
+        json: { newTokens, heads: heads.heads, treeSize: 8, rows, lookup: { speedup: lookupSpeedup, tokensPerStep: lookupPerStep, plainTokS: median(lp), lookupTokS: median(lq) } },
         summary: [
-          { figure: "Medusa tokens per step (batch 1)", value: b1.tokensPerStep.toFixed(2), target: "≥ 1.8", met: b1.tokensPerStep >= 1.8 },
+          { figure: "Medusa tokens per verification step (batch 1; accepted drafts + 1)", value: `${b1.tokensPerStep.toFixed(2)} (${(b1.tokensPerStep - 1).toFixed(2)} accepted drafts)`, target: "≥ 1.8", met: b1.tokensPerStep >= 1.8 },
           { figure: "Medusa decode speedup, batch 1", value: `${fmtX(b1.speedup)} (${fmtRate(b1.medusaTokS)} vs ${fmtRate(b1.plainTokS)})`, target: "≥ 1.4×", met: b1.speedup >= 1.4 },
           { figure: "Medusa decode speedup, batch 8", value: `${fmtX(rows[1].speedup)}` },
           { figure: "greedy outputs with Medusa = without", value: rows.every((r) => r.identical) ? "identical" : "DIFFER", target: "identical", met: rows.every((r) => r.identical) },

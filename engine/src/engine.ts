@@ -376,7 +376,7 @@ export class Engine extends EventEmitter {
   /** Makes a native Medusa set the default drafter of every request. */
   setDefaultMedusa(set: number, heads: number): void {
     this.defaultMedusa = { set, heads };
-    this.medusaShape = medusaTreeShape(heads, this.opts.medusaTreeSize ?? 16);
+    this.medusaShape = medusaTreeShape(heads, this.opts.medusaTreeSize ?? 8);
     this.medusaK = shapeTopK(this.medusaShape);
   }
 

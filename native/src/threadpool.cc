@@ -2,12 +2,13 @@
 // Owns only thread lifetime and the barrier; what runs is the caller's business.
 #include "threadpool.h"
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-#define LX_PAUSE() _mm_pause()
-#else
-#define LX_PAUSE() ((void)0)
-#endif
+// No PAUSE in the spin loops: under a hypervisor with pause-loop exiting, a vCPU spinning on PAUSE is
+// descheduled, turning a microsecond handoff into milliseconds. Plain loads of the atomic spin instead.
+#define LX_PAUSE() std::atomic_signal_fence(std::memory_order_seq_cst)
+
+// Spin iterations (a few microseconds) before a worker sleeps or the caller yields the core: longer spins
+// steal the core from whoever holds the work when the machine is shared (measured: 5× slower steps).
+constexpr int kSpins = 4000;
 
 namespace lx {
 
@@ -31,7 +32,7 @@ void ThreadPool::worker(int tid) {
     uint64_t g;
     int spins = 0;
     while ((g = generation_.load(std::memory_order_acquire)) == seen) {
-      if (++spins < 4000) {
+      if (++spins < kSpins) {
         LX_PAUSE();
         continue;
       }
@@ -64,7 +65,7 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
   fn(0, n_);
   // Spin briefly for the others, then yield the core: on a busy machine a worker may be waiting for one.
   for (int spins = 0; pending_.load(std::memory_order_acquire) != 0; spins++) {
-    if (spins < 4000) LX_PAUSE();
+    if (spins < kSpins) LX_PAUSE();
     else std::this_thread::yield();
   }
 }
