@@ -253,16 +253,16 @@ Status Model::lora_load(int slot, const std::vector<LoraModuleIn>& modules) {
     floats += size_t(mi.rank) * (d_in(mi.target) + d_out(mi.target));
   }
   LoraSlot s;
-  std::vector<float> host;
+  std::unique_ptr<float[]> host;  // staging, not zero-filled: every float is written below
   try {
-    host.resize(floats);
+    host.reset(new float[floats]);
     s.mods.assign(size_t(cfg_.n_layers) * kNumTargets + 1, LoraMod{});
   } catch (const std::bad_alloc&) {
     return Status::NoMem("cannot allocate " + std::to_string(floats * 4) + " bytes for a LoRA adapter");
   }
   Status st = be_->alloc(floats * sizeof(float), &s.storage);
   if (!st.ok()) return Status::NoMem("cannot allocate " + std::to_string(floats * 4) + " bytes for a LoRA adapter: " + st.message);
-  float* p = host.data();
+  float* p = host.get();
   const float* dev = buf<float>(s.storage);
   for (const LoraModuleIn& mi : modules) {
     const int di = d_in(mi.target), dout = d_out(mi.target);
@@ -270,14 +270,18 @@ Status Model::lora_load(int slot, const std::vector<LoraModuleIn>& modules) {
     lm.rank = mi.rank;
     lm.scale = mi.scale;
     std::copy_n(mi.a, size_t(mi.rank) * di, p);
-    lm.A = dev + (p - host.data());
+    lm.A = dev + (p - host.get());
     p += size_t(mi.rank) * di;
-    for (int j = 0; j < mi.rank; j++)
-      for (int o = 0; o < dout; o++) p[size_t(j) * dout + o] = mi.b[size_t(o) * mi.rank + j];
-    lm.Bt = dev + (p - host.data());
+    // B [dout, rank] → Bt [rank, dout], in tiles of 64 outputs so reads and writes both stay in cache.
+    for (int o0 = 0; o0 < dout; o0 += 64) {
+      const int o1 = std::min(dout, o0 + 64);
+      for (int j = 0; j < mi.rank; j++)
+        for (int o = o0; o < o1; o++) p[size_t(j) * dout + o] = mi.b[size_t(o) * mi.rank + j];
+    }
+    lm.Bt = dev + (p - host.get());
     p += size_t(mi.rank) * dout;
   }
-  LX_TRY(be_->upload(s.storage.get(), host.data(), floats * sizeof(float)));
+  LX_TRY(be_->upload(s.storage.get(), host.get(), floats * sizeof(float)));
   s.bytes = floats * sizeof(float);
   s.used = true;
   lora_[slot] = std::move(s);
