@@ -47,21 +47,28 @@ export function decodeFloats(bytes: Uint8Array, byteOffset: number, numel: numbe
   if (byteOffset < 0 || byteOffset + numel * size > bytes.byteLength) {
     throw new RangeError(`decode of ${numel} ${dtype} elements at byte ${byteOffset} runs past ${bytes.byteLength} bytes`);
   }
-  const view = new DataView(bytes.buffer, bytes.byteOffset + byteOffset, numel * size);
-  const out = new Float32Array(numel);
+  // Little-endian hosts (every one we build for): copy the bytes into aligned memory and convert in bulk.
+  const raw = new Uint8Array(numel * size);
+  raw.set(bytes.subarray(byteOffset, byteOffset + numel * size));
+  let out: Float32Array;
   switch (dtype) {
     case "F32":
-      for (let i = 0; i < numel; i++) out[i] = view.getFloat32(i * 4, true);
+      out = new Float32Array(raw.buffer);
       break;
     case "F64":
-      for (let i = 0; i < numel; i++) out[i] = view.getFloat64(i * 8, true);
+      out = Float32Array.from(new Float64Array(raw.buffer));
       break;
-    case "F16":
-      for (let i = 0; i < numel; i++) out[i] = halfToFloat(view.getUint16(i * 2, true));
+    case "F16": {
+      const h = new Uint16Array(raw.buffer);
+      out = new Float32Array(numel);
+      for (let i = 0; i < numel; i++) out[i] = halfToFloat(h[i]);
       break;
+    }
     case "BF16": {
+      const h = new Uint16Array(raw.buffer);
+      out = new Float32Array(numel);
       const bits = new Uint32Array(out.buffer);
-      for (let i = 0; i < numel; i++) bits[i] = view.getUint16(i * 2, true) << 16;
+      for (let i = 0; i < numel; i++) bits[i] = h[i] << 16;
       break;
     }
   }
