@@ -18,9 +18,16 @@ import type { ServerContext } from "./context.js";
 import { Metrics } from "./metrics.js";
 
 export async function startServer(config: ServerConfig, logger = makeLogger(config)): Promise<{ ctx: ServerContext; server: Server; close: () => Promise<void> }> {
+  // Adapters the operator names on the command line as local paths are readable wherever they are.
+  const operatorPaths = [config.adapterId, ...config.preloadedAdapterIds].filter((id): id is string => !!id && fs.existsSync(id)).map((id) => path.resolve(id));
+  config = {
+    ...config,
+    adapterId: config.adapterId && fs.existsSync(config.adapterId) ? path.resolve(config.adapterId) : config.adapterId,
+    preloadedAdapterIds: config.preloadedAdapterIds.map((id) => (fs.existsSync(id) ? path.resolve(id) : id)),
+  };
   const demo = path.resolve(config.modelId) === DEMO_MODEL_DIR;
   // Serving the demo model: its adapters and Medusa heads may be read, and its adapters get names.
-  const localRoots = demo ? [...config.adapterLocalRoots, DEMO_MODEL_DIR] : config.adapterLocalRoots;
+  const localRoots = [...config.adapterLocalRoots, ...(demo ? [DEMO_MODEL_DIR] : []), ...operatorPaths];
   const sources = await createAdapterSources(adapterSourcesConfigFromEnv({ dataDir: config.dataDir, localRoots, logger: logger.child({ part: "sources" }) }));
   const globalToken = globalTokenFromEnv(process.env);
   const modelDir = await resolveModel(config, sources, globalToken.serverToken, logger);
