@@ -10,7 +10,7 @@ import { CancelledError, LoraserveError, OverloadedError, ValidationError } from
 import type { ModelSpec } from "./model/config.js";
 import { PenaltyState, usesPenalties, validateSampling, type SamplingParams } from "./sampling.js";
 import { Scheduler, Sequence, type AdapterGate, type BatchEntry, type StepStats } from "./scheduler.js";
-import { lookupDraft, medusaDraft, medusaTreeShape, shapeTopK, treeMasks, type TreeShape } from "./speculation.js";
+import { lookupDraft, medusaDraft, medusaTreeShape, pathOf, shapeTopK, treeMasks, type Draft, type TreeShape } from "./speculation.js";
 import { StopMatcher } from "./stop.js";
 import { IncrementalDecoder, Tokenizer, type ChatMessage } from "./tokenizer.js";
 import { compileResponseFormat, GrammarVocab, vocabInputFromTokenizerJson, type CompiledGrammar, type GrammarMatcher, type ResponseFormat } from "./structured/index.js";
@@ -22,6 +22,17 @@ function matcherConstraint(m: GrammarMatcher): TokenConstraint {
     accept: (t) => void m.accept(t),
     isTerminated: () => m.isTerminated(),
     dispose: () => m.dispose(),
+    maskAfter: (path, out) => {
+      let n = 0;
+      for (const t of path) {
+        if (!m.accept(t)) break;
+        n++;
+      }
+      const ok = n === path.length;
+      if (ok) m.fillMask(out);
+      if (n > 0) m.rollback(n);
+      return ok;
+    },
   };
 }
 
@@ -113,6 +124,11 @@ export interface TokenConstraint {
   isTerminated(): boolean;
   /** The sequence ended: free what the constraint holds. */
   dispose?(): void;
+  /**
+   * The mask after `path` would be accepted (the state is left as it was), or undefined if a token of the path is
+   * not allowed: for speculative draft rows.
+   */
+  maskAfter?(path: readonly number[], out: Uint32Array): boolean;
 }
 
 /** What a request asks of adapters: one adapter by id, or a merge of several. */
@@ -349,10 +365,15 @@ export class Engine extends EventEmitter {
         decoder: new IncrementalDecoder(this.tokenizer, prompt),
         stop: new StopMatcher(req.params.stop),
         cumLogprob: 0,
-        constraint: req.constraint?.(),
-        spec: this.specFor(req),
+        constraint: undefined,
+        spec: undefined,
         done: false,
       });
+    }
+    for (const seq of state.seqs) {
+      const out = this.outs.get(seq)!;
+      out.constraint = req.constraint?.();
+      out.spec = this.specFor(req, out.constraint);
     }
     state.seqs[0].children = state.seqs.slice(1);
     this.scheduler.add(state.seqs[0]);
@@ -384,9 +405,9 @@ export class Engine extends EventEmitter {
     return this.defaultMedusa?.heads;
   }
 
-  /** Speculation is off for grammar-constrained and penalised requests (their rules change along a draft). */
-  private specFor(req: GenerateRequest): SeqOut["spec"] {
-    if (req.constraint || usesPenalties(req.params)) return undefined;
+  /** Speculation is off for penalised requests (their penalties would change along a draft). */
+  private specFor(req: GenerateRequest, constraint?: TokenConstraint): SeqOut["spec"] {
+    if (usesPenalties(req.params) || (constraint && !constraint.maskAfter)) return undefined;
     const medusa = req.medusa ?? this.defaultMedusa?.set;
     if (medusa !== undefined) {
       if (!this.medusaShape) throw new ValidationError("a Medusa adapter was given, but speculation is not set up on this server", "adapter_id");
@@ -489,7 +510,10 @@ export class Engine extends EventEmitter {
         draft.tokens.forEach((t, i) => {
           batch.outRows.push(batch.tokens.length);
           batch.tokens.push({ token: t, position: root + draft.depths[i], kvIndex: root + 1 + i, seq: si, adapterSlot: seq.adapterSlot, tree: { base: root + 1, mask: masks[i] } });
-          batch.rows.push(this.rowSampling(out, seq, true, -1));
+          const row = this.rowSampling(out, seq, true, -1);
+          // A constrained sequence's draft row samples under the grammar state after its path.
+          if (out.constraint && row.mask) out.constraint.maskAfter!(pathOf(draft, i + 1), row.mask);
+          batch.rows.push(row);
           parents.push(draft.parents[i]);
         });
         this.specProposed += draft.tokens.length;
@@ -569,7 +593,26 @@ export class Engine extends EventEmitter {
         this.onToken(out, seq, got.tokens[j], got.logprobs[j], out.params.topLogprobs, result.topIds.subarray(r * nTop, r * nTop + nTop), result.topLogprobs.subarray(r * nTop, r * nTop + nTop), before + j + 1 - seq.promptLen);
       }
       if (!out.done && out.spec?.lookup) seq.draft = lookupDraft(seq.tokens, out.spec.lookup);
+      if (!out.done && seq.draft && out.constraint) seq.draft = this.grammarDraft(out.constraint, seq.draft);
     }
+  }
+
+  /** The draft without the nodes the grammar would refuse (and their subtrees), renumbered. */
+  private grammarDraft(c: TokenConstraint, d: Draft): Draft | undefined {
+    const keep: Draft = { tokens: [], parents: [], depths: [] };
+    const newIndex = new Map<number, number>([[0, 0]]);
+    const mask = new Uint32Array(this.vocabWords);
+    for (let i = 0; i < d.tokens.length; i++) {
+      const parent = newIndex.get(d.parents[i]);
+      if (parent === undefined) continue;
+      const path = pathOf(keep, parent);
+      if (!c.maskAfter!(path, mask) || !((mask[d.tokens[i] >>> 5] >>> (d.tokens[i] & 31)) & 1)) continue;
+      keep.tokens.push(d.tokens[i]);
+      keep.parents.push(parent);
+      keep.depths.push(d.depths[i]);
+      newIndex.set(i + 1, keep.tokens.length);
+    }
+    return keep.tokens.length ? keep : undefined;
   }
 
   private rowSampling(out: SeqOut, seq: Sequence, sample: boolean, target: number): RowSampling {

@@ -97,3 +97,10 @@ export function treeMasks(d: Draft): bigint[] {
   }
   return masks;
 }
+
+/** The tokens from the root down to node `node` (1-based; 0 is the root: an empty path). */
+export function pathOf(d: Draft, node: number): number[] {
+  const path: number[] = [];
+  for (let n = node; n > 0; n = d.parents[n - 1]) path.push(d.tokens[n - 1]);
+  return path.reverse();
+}

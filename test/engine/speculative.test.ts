@@ -172,3 +172,25 @@ describe("sampling keeps its distribution", () => {
     plainLoopy.backend.close();
   });
 });
+
+describe("speculation with a grammar", () => {
+  it("constrained greedy output is the same with prompt lookup and Medusa drafts as without; drafts are masked", async () => {
+    const fmt = { format: { type: "json_schema" as const, schema: { type: "object", properties: { a: { type: "string", maxLength: 30 }, b: { type: "array", maxItems: 5, items: { type: "integer" } } }, required: ["a", "b"] } }, path: "schema", param: "response_format" };
+    const run = async (e: Engine, p: number[]) => {
+      const sub = await e.submit({ input: { tokens: p }, params: greedy(60, { ignoreEos: false }), responseFormat: fmt });
+      return (await collect(sub.events)).ids[0];
+    };
+    const base = await tinyEngine(LOOPY);
+    const lookup = await tinyEngine(LOOPY, { speculativeTokens: 4 });
+    for (const p of PROMPTS.slice(0, 6)) expect(await run(lookup, p)).toEqual(await run(base, p));
+    expect(lookup.specProposed).toBeGreaterThan(0);
+    const medusa = await adapterEngine(LOOPY, { slots: 2 });
+    const s = shapeOf(medusa.engine);
+    writeMedusa(path.join(medusa.root, "zero"), { hidden: s.hiddenSize, vocab: s.vocabSize, heads: 3, zero: true });
+    medusa.engine.setDefaultMedusa(0, (await medusa.registry.loadDefaultMedusa(path.join(medusa.root, "zero"), "local", undefined))!);
+    for (const p of PROMPTS.slice(0, 6)) expect(await run(medusa.engine, p)).toEqual(await run(base, p));
+    base.backend.close();
+    lookup.backend.close();
+    medusa.close();
+  });
+});
