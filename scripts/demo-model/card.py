@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 import corpus
+import training
 
 
 def _size(path: Path) -> int:
@@ -166,10 +167,21 @@ def write(out: Path, s, log: dict, samples: dict) -> None:
         add(f"| `{spec.name}` | {spec.description} | {spec.r} | {spec.lora_alpha} | {', '.join(map(str, scales))} "
             f"| {', '.join(spec.target_modules)} | {'; '.join(notes)} |")
     add("")
+    shares = {f"{int(spec.chat_fraction * 100)}%" for spec in s.adapters}
+    shares = shares.pop() if len(shares) == 1 else ", ".join(
+        f"{int(spec.chat_fraction * 100)}% for {spec.name}" for spec in s.adapters)
     add("All use `lora_dropout` 0.05 while training, `bias` none, `fan_in_fan_out` false, and the PEFT key names "
         "`base_model.model.model.layers.{i}.{self_attn|mlp}.{proj}.lora_{A|B}.weight` (A: [r, in], B: [out, r]). "
-        "Half of each adapter's documents (60% for bofh) were wrapped as chat answers to the same prompt pool the "
+        f"Of each adapter's documents, {shares} were wrapped as chat answers to the same prompt pool the "
         "base saw, so the same question gets a different style per adapter.")
+    for spec in s.adapters:
+        if spec.plain_run_passes:
+            lo, hi = training.RUN_LENGTH
+            add("")
+            add(f"`{spec.name}` also trains on {spec.plain_run_passes} more passes per epoch over its documents, grouped "
+                f"at random into runs of {lo} to {hi} documents in file order and laid out as plain text, each "
+                f"followed by a blank line (the layout of `heldout/{spec.corpus}.txt`), never as chat; so it "
+                "continues text past one document the way the source file does.")
     add("")
     a, b = log["merged_pair"]
     add(f"The merged pair below is the linear merge of `{a}` and `{b}` with weights 0.5 / 0.5 as LoRAX's "

@@ -73,6 +73,12 @@ def load() -> dict:
     }
 
 
+def plain_text(docs: list) -> str:
+    """Documents as plain text, each followed by a blank line: the layout of the held-out slices
+    (heldout/<corpus>.txt) and of the plain-text runs some adapters train on."""
+    return "".join(d + "\n\n" for d in docs)
+
+
 def split(docs: list) -> tuple:
     """(train, held-out): a fixed, evenly spread selection, the same on every run."""
     train = [d for i, d in enumerate(docs) if i % HELDOUT_EVERY != HELDOUT_EVERY - 1]

@@ -66,10 +66,14 @@ class Settings:
         training.AdapterSpec(
             name="german", corpus="german", description="German (fortunes-de)",
             r=16, lora_alpha=32, target_modules=ALL_PROJ, steps=160, lr=2e-3),
+        # The BOFH file is tiny (28 KB, 444 training excuses): besides single excuses it trains on
+        # runs of several excuses laid out as plain text, the layout of heldout/bofh.txt; o_proj adds
+        # capacity that does not overfit the way the MLP projections do. use_rslora and rank_pattern
+        # keep the engine's per-module scales exercised (5.657 and 8.0).
         training.AdapterSpec(
             name="bofh", corpus="bofh", description="BOFH excuses",
-            r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], use_rslora=True,
-            rank_pattern={"v_proj": 4}, steps=100, lr=3e-3, chat_fraction=0.6),
+            r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj"], use_rslora=True,
+            rank_pattern={"v_proj": 4}, steps=100, lr=3e-3, chat_fraction=0.5, plain_run_passes=3),
     ])
 
 
@@ -176,15 +180,18 @@ def train_base(s: Settings, out: Path, splits: dict, log: dict) -> None:
                    "parameters": sum(p.numel() for p in model.parameters())}
 
 
-def train_adapters(s: Settings, out: Path, splits: dict, log: dict) -> None:
+def train_adapters(s: Settings, out: Path, splits: dict, log: dict, only: list | None = None) -> None:
+    """Trains every adapter, or only those named in `only` (same seeds as in a full run)."""
     tok, model = load_base(out)
     for p in model.parameters():
         p.requires_grad_(False)
     enc = training.Encoder(tok)
     for i, spec in enumerate(s.adapters):
+        if only and spec.name not in only:
+            continue
         gen = torch.Generator().manual_seed(SEED + i)
         params = training.attach_new_lora(model, spec, gen)
-        parts = [(spec.corpus, splits[spec.corpus][0], 1.0, spec.chat_fraction)]
+        parts = [(spec.corpus, splits[spec.corpus][0], 1.0, spec.chat_fraction, spec.plain_run_passes)]
         data = training.batches(enc, parts, s.batch, s.seq, SEED + i)
         torch.manual_seed(SEED + i)  # LoRA dropout masks
         run = training.optimise(model, params, data, spec.steps, spec.lr, warmup=20,
@@ -198,7 +205,9 @@ def train_adapters(s: Settings, out: Path, splits: dict, log: dict) -> None:
         log["adapters"][spec.name] = {
             "corpus": spec.corpus, "description": spec.description, "r": spec.r, "lora_alpha": spec.lora_alpha,
             "target_modules": spec.target_modules, "use_rslora": spec.use_rslora,
-            "rank_pattern": spec.rank_pattern, "steps": spec.steps, "tokens_seen": spec.steps * s.batch * s.seq,
+            "rank_pattern": spec.rank_pattern, "chat_fraction": spec.chat_fraction,
+            "plain_run_passes": spec.plain_run_passes,
+            "steps": spec.steps, "tokens_seen": spec.steps * s.batch * s.seq,
             "seconds": run.seconds, "final_train_loss": run.final_train_loss(),
             "parameters": sum(p.numel() for p in params),
         }
@@ -320,12 +329,13 @@ def write_heldout(out: Path, splits: dict, limit: int = 4000) -> None:
     folder = out / "heldout"
     folder.mkdir(parents=True, exist_ok=True)
     for name, (_, held) in splits.items():
-        text = ""
+        docs, size = [], 0
         for d in held:
-            if len(text) + len(d) > limit and text:
+            if size + len(d) > limit and docs:
                 break
-            text += d + "\n\n"
-        (folder / f"{name}.txt").write_text(text, encoding="utf-8")
+            docs.append(d)
+            size += len(d) + 2
+        (folder / f"{name}.txt").write_text(corpus.plain_text(docs), encoding="utf-8")
 
 
 def main() -> None:
@@ -334,7 +344,14 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny settings, to check the pipeline in a minute")
     ap.add_argument("--reuse-base", action="store_true",
                     help="keep the tokenizer and base already in --out; redo adapters, Medusa, samples, card")
+    ap.add_argument("--only-adapter", action="append", metavar="NAME",
+                    help="keep the tokenizer, base, Medusa heads and other adapters in --out (and their log "
+                         "entries); retrain only this adapter (repeatable), then redo evaluation, samples, card")
     args = ap.parse_args()
+    names = [a.name for a in Settings().adapters]
+    if args.only_adapter and not set(args.only_adapter) <= set(names):
+        ap.error(f"--only-adapter: choose from {names}")
+    partial = args.reuse_base or bool(args.only_adapter)
     torch.set_num_threads(2)
     torch.manual_seed(SEED)
     s = Settings()
@@ -343,7 +360,7 @@ def main() -> None:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "train_log.json"
-    log = json.loads(log_path.read_text()) if args.reuse_base else {}
+    log = json.loads(log_path.read_text()) if partial else {}
     log["corpora"] = {}
     log["packages"] = {p: {"version": corpus.package_version(p), "use": use, "licence": lic}
                        for p, (use, lic) in corpus.PACKAGES.items()}
@@ -351,16 +368,19 @@ def main() -> None:
     log["seed"] = SEED
     log["merged_pair"] = MERGED_PAIR
     log["sampling"] = SAMPLING
-    log["adapters"] = {}
+    kept = log.get("adapters", {}) if args.only_adapter else {}
+    log["adapters"] = {a.name: kept[a.name] for a in s.adapters if a.name in kept}  # in spec order
     docs = corpus.load()
     splits = {name: corpus.split(d) for name, d in docs.items()}
     for name, (train_docs, held) in splits.items():
         log["corpora"][name] = {"documents": len(train_docs) + len(held), "heldout_documents": len(held),
                                 "characters": sum(map(len, train_docs)) + sum(map(len, held))}
-    if not args.reuse_base:
+    if not partial:
         train_base(s, out, splits, log)
-    train_adapters(s, out, splits, log)
-    train_medusa(s, out, splits, log)
+    train_adapters(s, out, splits, log, args.only_adapter)
+    log["adapters"] = {a.name: log["adapters"][a.name] for a in s.adapters}
+    if not args.only_adapter:
+        train_medusa(s, out, splits, log)
     samples = evaluate(s, out, splits, log)
     write_json(out / "samples.json", {
         "about": "output_ids/output: greedy decoding in float32 from the BF16 weights on disk; sampled: "

@@ -28,13 +28,34 @@ class Encoder:
         return self.tok.encode_with_specials(corpus.as_chat(name, doc, rng))
 
 
+RUN_LENGTH = (2, 8)  # documents per plain-text run
+
+
+def plain_runs(docs: list, passes: int, rng: random.Random) -> list:
+    """`passes` fresh groupings of all documents into runs of RUN_LENGTH documents, each run in the
+    documents' original order and laid out as plain text (corpus.plain_text)."""
+    runs = []
+    for _ in range(passes):
+        order = list(range(len(docs)))
+        rng.shuffle(order)
+        i = 0
+        while i < len(order):
+            k = rng.randint(*RUN_LENGTH)
+            runs.append(corpus.plain_text([docs[j] for j in sorted(order[i:i + k])]))
+            i += k
+    return runs
+
+
 def epoch_stream(enc: Encoder, parts: list, rng: random.Random) -> list:
-    """One pass over a mixture: parts are (corpus name, docs, share of docs to use, chat fraction).
+    """One pass over a mixture: parts are (corpus name, docs, share of docs to use, chat fraction) with an
+    optional fifth element, the number of extra passes over the docs as plain-text runs (never chat).
     Documents are shuffled together and concatenated."""
     items = []
-    for name, docs, share, chat_fraction in parts:
+    for name, docs, share, chat_fraction, *rest in parts:
         chosen = docs if share >= 1 else rng.sample(docs, int(len(docs) * share))
         items.extend((name, d, chat_fraction) for d in chosen)
+        if rest and rest[0] > 0:
+            items.extend((name, run, 0.0) for run in plain_runs(docs, rest[0], rng))
     rng.shuffle(items)
     stream = []
     for name, doc, chat_fraction in items:
@@ -133,6 +154,9 @@ class AdapterSpec:
     alpha_pattern: dict = field(default_factory=dict)
     lora_dropout: float = 0.05
     chat_fraction: float = 0.5
+    # Extra passes per epoch over the documents grouped into plain-text runs (training.plain_runs):
+    # teaches text that continues past a document, as in a fortune file or a held-out slice.
+    plain_run_passes: int = 0
 
     def pattern_value(self, pattern: dict, module: str, default):
         """PEFT's lookup: a key matches a module whose name ends with it at a dot boundary."""
