@@ -62,6 +62,8 @@ class Backend {
   virtual Status alloc(size_t bytes, Buffer* out) = 0;
   virtual void release(void* p) = 0;
   virtual Status upload(void* dst, const void* host, size_t bytes) = 0;
+  // True when op memory is host memory (the CPU): callers may then fill it in place instead of staging + upload.
+  virtual bool host_memory() const = 0;
   virtual Status download(void* host, const void* src, size_t bytes) = 0;
   // Weights and other constants, kept for the backend's life: the CPU returns the host data itself (a mapped
   // file stays zero-copy); CUDA a device copy.

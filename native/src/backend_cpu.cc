@@ -76,6 +76,7 @@ class CpuBackend final : public Backend {
     if (bytes) std::memcpy(dst, host, bytes);
     return Status::Ok();
   }
+  bool host_memory() const override { return true; }
   Status download(void* host, const void* src, size_t bytes) override {
     if (bytes) std::memcpy(host, src, bytes);
     return Status::Ok();

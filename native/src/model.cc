@@ -253,16 +253,19 @@ Status Model::lora_load(int slot, const std::vector<LoraModuleIn>& modules) {
     floats += size_t(mi.rank) * (d_in(mi.target) + d_out(mi.target));
   }
   LoraSlot s;
-  std::unique_ptr<float[]> host;  // staging, not zero-filled: every float is written below
+  Status st = be_->alloc(floats * sizeof(float), &s.storage);
+  if (!st.ok()) return Status::NoMem("cannot allocate " + std::to_string(floats * 4) + " bytes for a LoRA adapter: " + st.message);
+  // Host op memory (CPU) is filled in place; a device's goes through host staging and one upload. Filling in
+  // place halves the fresh pages touched and drops a copy of the whole adapter (cold loads are page-fault bound).
+  std::unique_ptr<float[]> staging;  // not zero-filled: every float is written below
   try {
-    host.reset(new float[floats]);
+    if (!be_->host_memory()) staging.reset(new float[floats]);
     s.mods.assign(size_t(cfg_.n_layers) * kNumTargets + 1, LoraMod{});
   } catch (const std::bad_alloc&) {
     return Status::NoMem("cannot allocate " + std::to_string(floats * 4) + " bytes for a LoRA adapter");
   }
-  Status st = be_->alloc(floats * sizeof(float), &s.storage);
-  if (!st.ok()) return Status::NoMem("cannot allocate " + std::to_string(floats * 4) + " bytes for a LoRA adapter: " + st.message);
-  float* p = host.get();
+  float* const host = staging ? staging.get() : buf<float>(s.storage);
+  float* p = host;
   const float* dev = buf<float>(s.storage);
   for (const LoraModuleIn& mi : modules) {
     const int di = d_in(mi.target), dout = d_out(mi.target);
@@ -270,7 +273,7 @@ Status Model::lora_load(int slot, const std::vector<LoraModuleIn>& modules) {
     lm.rank = mi.rank;
     lm.scale = mi.scale;
     std::copy_n(mi.a, size_t(mi.rank) * di, p);
-    lm.A = dev + (p - host.get());
+    lm.A = dev + (p - host);
     p += size_t(mi.rank) * di;
     // B [dout, rank] → Bt [rank, dout], in tiles of 64 outputs so reads and writes both stay in cache.
     for (int o0 = 0; o0 < dout; o0 += 64) {
@@ -278,10 +281,10 @@ Status Model::lora_load(int slot, const std::vector<LoraModuleIn>& modules) {
       for (int j = 0; j < mi.rank; j++)
         for (int o = o0; o < o1; o++) p[size_t(j) * dout + o] = mi.b[size_t(o) * mi.rank + j];
     }
-    lm.Bt = dev + (p - host.get());
+    lm.Bt = dev + (p - host);
     p += size_t(mi.rank) * dout;
   }
-  LX_TRY(be_->upload(s.storage.get(), host.get(), floats * sizeof(float)));
+  if (staging) LX_TRY(be_->upload(s.storage.get(), staging.get(), floats * sizeof(float)));
   s.bytes = floats * sizeof(float);
   s.used = true;
   lora_[slot] = std::move(s);

@@ -320,6 +320,7 @@ class CudaBackend final : public Backend {
     *out = Mat{p, host.dtype, host.rows, host.cols};
     return Status::Ok();
   }
+  bool host_memory() const override { return false; }
   Status stage(const void* host, size_t bytes, const void** out) override {
     *out = nullptr;
     if (!err_.ok()) return take_error();

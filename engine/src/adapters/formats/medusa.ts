@@ -7,7 +7,7 @@ import path from "node:path";
 import { AdapterIncompatibleError, NotFoundError } from "../../errors.js";
 import type { BaseModelShape } from "../types.js";
 import { parseSafetensors } from "./safetensors.js";
-import type { TensorEntry } from "./tensor.js";
+import { type TensorEntry, readWholeFile } from "./tensor.js";
 
 export interface MedusaHeads {
   version: 1 | 2;
@@ -41,7 +41,7 @@ export async function readMedusa(dir: string, base: BaseModelShape, name = dir):
   const files = (await readdir(dir)).filter((f) => f.endsWith(".safetensors")).sort();
   if (files.length === 0) throw new NotFoundError(`Medusa adapter "${name}": no .safetensors file of heads in ${dir}`);
   const tensors = new Map<string, TensorEntry>();
-  for (const f of files) for (const [k, t] of parseSafetensors(await readFile(path.join(dir, f)), f).tensors) tensors.set(k.replace(/^medusa_head\./, ""), t);
+  for (const f of files) for (const [k, t] of parseSafetensors(await readWholeFile(path.join(dir, f)), f).tensors) tensors.set(k.replace(/^medusa_head\./, ""), t);
   const n = heads as number, H = base.hiddenSize, V = base.vocabSize;
   // Version: LoRAX's rule — a missing key means 1 unless no head carries its own projection.
   const hasLm = tensors.has(`0.1.weight`);

@@ -12,7 +12,7 @@ import { type BaseModelShape, LORA_TARGETS, type LoraModule, type LoraTarget, ty
 import { type PeftLoraConfig, isTargeted, moduleHyperparams, parsePeftConfig } from "./peft-config.js";
 import { parseTorchArchive } from "./safe-pickle.js";
 import { parseSafetensors } from "./safetensors.js";
-import { type TensorEntry, formatShape } from "./tensor.js";
+import { type TensorEntry, formatShape, readWholeFile } from "./tensor.js";
 
 export interface ReadPeftOptions {
   /** Display name used in messages, e.g. the adapter id. */
@@ -107,7 +107,7 @@ export async function readPeftAdapter(dir: string, base: BaseModelShape, opts: R
 
   const weightFile = WEIGHT_FILES.find((f) => files.includes(f));
   if (weightFile === undefined) fail(`no ${WEIGHT_FILES.join(" or ")} in ${dir} (found: ${shown})${missingFileHint(files)}`);
-  const bytes = await readFile(join(dir, weightFile as string));
+  const bytes = await readWholeFile(join(dir, weightFile as string));
   const fileLabel = `${label}: ${weightFile}`;
   const tensors = weightFile === "adapter_model.bin" ? parseTorchArchive(bytes, fileLabel) : parseSafetensors(bytes, fileLabel).tensors;
   if (tensors.size === 0) fail(`${weightFile} holds no tensors`);

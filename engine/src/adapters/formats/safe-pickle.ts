@@ -5,7 +5,6 @@
 // REDUCE call them and assigns dict keys onto plain objects (`__proto__`), so safety would rest on hooks around it.
 // This one accepts only the opcodes torch state dicts use and names the offending global or opcode when it refuses.
 
-import { readFile } from "node:fs/promises";
 import { AdapterIncompatibleError } from "../../errors.js";
 import {
   FLOAT_DTYPE_BYTES,
@@ -15,6 +14,7 @@ import {
   formatShape,
   notAWeightFile,
   numelOf,
+  readWholeFile,
 } from "./tensor.js";
 import { openZip } from "./zip.js";
 
@@ -514,5 +514,5 @@ export function parseTorchArchive(bytes: Uint8Array, label: string): Map<string,
 
 /** Reads and parses a torch.save zip archive from disk. */
 export async function readTorchArchiveFile(path: string, label = path): Promise<Map<string, TensorEntry>> {
-  return parseTorchArchive(await readFile(path), label);
+  return parseTorchArchive(await readWholeFile(path), label);
 }

@@ -1,7 +1,6 @@
 // Reads a safetensors file held in memory: validates the header strictly and hands out lazily decoded tensors.
 // Adapters only (small files); base-model weights are mapped by native code. Knows nothing of LoRA key names.
 
-import { readFile } from "node:fs/promises";
 import { AdapterIncompatibleError } from "../../errors.js";
 import {
   type TensorEntry,
@@ -10,6 +9,7 @@ import {
   isFloatDtype,
   notAWeightFile,
   numelOf,
+  readWholeFile,
 } from "./tensor.js";
 
 /** Element sizes of the byte-aligned dtypes of the safetensors format. */
@@ -153,6 +153,6 @@ function checkCoverage(ranges: Range[], dataLen: number, fail: (why: string) => 
 
 /** Reads and parses a safetensors file from disk. */
 export async function readSafetensorsFile(path: string, label = path): Promise<SafetensorsFile> {
-  return parseSafetensors(await readFile(path), label);
+  return parseSafetensors(await readWholeFile(path), label);
 }
 
