@@ -20,6 +20,7 @@ const RESULTS_DIR = path.join(ROOT, "bench", "results");
 const DOCS_DIR = path.join(ROOT, "docs", "bench");
 const CACHE_DIR = path.join(ROOT, ".cache", "bench");
 const BENCHMARKS_MD = path.join(ROOT, "BENCHMARKS.md");
+const README_MD = path.join(ROOT, "README.md");
 const LATEST_START = "<!-- bench:latest:start -->", LATEST_END = "<!-- bench:latest:end -->";
 
 interface Args {
@@ -125,10 +126,12 @@ function writeDocs(run: RunRecord, chartDir: string): void {
   for (const f of fs.readdirSync(DOCS_DIR)) if (f.endsWith(".png")) fs.rmSync(path.join(DOCS_DIR, f));
   for (const c of charts) fs.copyFileSync(path.join(chartDir, c), path.join(DOCS_DIR, c));
   fs.writeFileSync(path.join(DOCS_DIR, "README.md"), `# Performance (latest run)\n\n${markdown(run, run.summary, charts, skips)}`);
-  // BENCHMARKS.md (linked from the README's Performance section) carries the same table between its markers.
-  const doc = fs.existsSync(BENCHMARKS_MD) ? fs.readFileSync(BENCHMARKS_MD, "utf8") : "";
-  const a = doc.indexOf(LATEST_START), b = doc.indexOf(LATEST_END);
-  if (a >= 0 && b > a) fs.writeFileSync(BENCHMARKS_MD, `${doc.slice(0, a + LATEST_START.length)}\n${markdown(run, run.summary, charts, skips, "docs/bench/")}\n${doc.slice(b)}`);
+  // BENCHMARKS.md and the README's Performance section carry the same table between their markers.
+  for (const file of [BENCHMARKS_MD, README_MD]) {
+    const doc = fs.existsSync(file) ? fs.readFileSync(file, "utf8") : "";
+    const a = doc.indexOf(LATEST_START), b = doc.indexOf(LATEST_END);
+    if (a >= 0 && b > a) fs.writeFileSync(file, `${doc.slice(0, a + LATEST_START.length)}\n${markdown(run, run.summary, charts, skips, "docs/bench/")}\n${doc.slice(b)}`);
+  }
   fs.writeFileSync(path.join(DOCS_DIR, "latest.json"), JSON.stringify({ ...run, sections: undefined }, null, 2));
 }
 
