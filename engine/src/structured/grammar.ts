@@ -233,6 +233,8 @@ export class GrammarMatcher {
   accept(tokenId: number): boolean {
     const handle = this.live();
     if (!Number.isInteger(tokenId) || tokenId < 0 || tokenId >= this.vocab.vocabSize) return false;
+    // After EOS nothing is allowed; asked anyway (a draft that runs on past EOS), xgrammar would log a warning.
+    if (handle.IsTerminated()) return false;
     if (((this.vocab.never[tokenId >>> 5] >>> (tokenId & 31)) & 1) === 1) return false;
     const forbidden = this.forbiddenNow();
     if (forbidden !== undefined && ((forbidden[tokenId >>> 5] >>> (tokenId & 31)) & 1) === 1) return false;
