@@ -11,6 +11,7 @@
         "native/src/backend_cpu.cc",
         "native/src/kernels_ref.cc",
         "native/src/kernels_avx2.cc",
+        "native/src/kernels_avx512.cc",
         "native/src/model.cc",
         "native/src/probe.cc",
         "native/src/sampler.cc",

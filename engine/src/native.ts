@@ -146,7 +146,7 @@ export interface NativeCudaInfo {
 }
 
 /** Where kernel() runs an op: true / "reference" = CPU reference, false / "cpu" = CPU fast, "cuda". */
-export type KernelDevice = boolean | "reference" | "cpu" | "cuda";
+export type KernelDevice = boolean | "reference" | "cpu" | "cpu-avx2" | "cuda";
 
 export interface NativeAddon {
   loadModel(opts: NativeLoadOptions): Promise<NativeModel>;
@@ -154,6 +154,8 @@ export interface NativeAddon {
   readonly cuda: NativeCudaInfo;
   probe(what: "bandwidth" | "fma", threads?: number): number;
   fastKernels: boolean;
+  /** The fast CPU backend's name here: "cpu-avx512" (AVX-512VL GEMM), "cpu-avx2", or "cpu-reference". */
+  cpuBackend: string;
 }
 
 function findAddon(): string {

@@ -82,8 +82,9 @@ inline void BufferFree::operator()(void* p) const {
 }
 
 // reference=true: the plain kernels, single-threaded (the yardstick); else the fast kernels when the CPU has
-// AVX2/FMA/F16C (falling back to reference otherwise, with the reason in name()).
-std::unique_ptr<Backend> make_cpu_backend(bool reference, int n_threads);
+// AVX2/FMA/F16C (falling back to reference otherwise, with the reason in name()); allow_wide: the GEMM's
+// AVX-512VL build where the CPU has it (name "cpu-avx512"; same results as "cpu-avx2").
+std::unique_ptr<Backend> make_cpu_backend(bool reference, int n_threads, bool allow_wide);
 
 // What the addon knows of CUDA: whether the CUDA backend was compiled in (nvcc at build time) and whether a
 // usable GPU is present. The first call initialises the CUDA runtime; a machine without a driver is fine.

@@ -13,16 +13,17 @@ namespace {
 
 class CpuBackend final : public Backend {
  public:
-  CpuBackend(bool reference, int n_threads)
+  CpuBackend(bool reference, int n_threads, bool allow_wide)
       : fast_(!reference && fast::supported()),
-        why_(reference ? "reference" : (fast_ ? "avx2" : "reference (no AVX2/FMA/F16C on this CPU)")),
+        wide_(fast_ && allow_wide && wide::supported()),
+        why_(reference ? "reference" : wide_ ? "avx512" : fast_ ? "avx2" : "reference (no AVX2/FMA/F16C on this CPU)"),
         pool_(fast_ ? n_threads : 1) {}
 
   std::string name() const override { return "cpu-" + why_; }
   int threads() const override { return pool_.size(); }
 
   void linear(const float* x, int T, const Mat& W, const float* bias, float* y, bool acc) override {
-    fast_ ? fast::linear(pool_, x, T, W, bias, y, acc) : ref::linear(x, T, W, bias, y, acc);
+    wide_ ? wide::linear(pool_, x, T, W, bias, y, acc) : fast_ ? fast::linear(pool_, x, T, W, bias, y, acc) : ref::linear(x, T, W, bias, y, acc);
   }
   void rmsnorm(const float* x, int T, int H, const float* w, float eps, float* out) override {
     fast_ ? fast::rmsnorm(pool_, x, T, H, w, eps, out) : ref::rmsnorm(x, T, H, w, eps, out);
@@ -98,15 +99,16 @@ class CpuBackend final : public Backend {
 
  private:
   bool fast_;
+  bool wide_;  // linear() through the AVX-512VL build of the fast GEMM
   std::string why_;
   ThreadPool pool_;
 };
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend(bool reference, int n_threads) {
+std::unique_ptr<Backend> make_cpu_backend(bool reference, int n_threads, bool allow_wide) {
   if (n_threads <= 0) n_threads = int(std::thread::hardware_concurrency());
-  return std::make_unique<CpuBackend>(reference, n_threads);
+  return std::make_unique<CpuBackend>(reference, n_threads, allow_wide);
 }
 
 Status make_backend(const std::string& device, bool reference, int n_threads, std::unique_ptr<Backend>* out) {
@@ -115,7 +117,7 @@ Status make_backend(const std::string& device, bool reference, int n_threads, st
   if (device == "cuda" && reference)
     return Status::Invalid("the reference kernels run on the CPU only: use device \"cpu\" with reference, or drop reference");
   if (device == "cuda" || (device == "auto" && !reference && cuda_info().usable)) return make_cuda_backend(n_threads, out);
-  *out = make_cpu_backend(reference, n_threads);
+  *out = make_cpu_backend(reference, n_threads, true);
   return Status::Ok();
 }
 

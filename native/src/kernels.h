@@ -66,4 +66,10 @@ void lora(ThreadPool& pool, const float* x, int d_in, float* y, int d_out, const
 double logsumexp(const float* x, int64_t n);
 }  // namespace fast
 
+// fast::linear compiled with AVX-512VL too (more registers, same arithmetic: identical results).
+namespace wide {
+bool supported();  // fast::supported() + AVX-512F/VL at run time
+void linear(ThreadPool& pool, const float* x, int T, const Mat& W, const float* bias, float* y, bool accumulate);
+}  // namespace wide
+
 }  // namespace lx

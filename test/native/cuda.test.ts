@@ -60,7 +60,7 @@ describe("CUDA availability", () => {
   it('device "auto" (the default) runs on the CPU without a GPU, and reference always does', async () => {
     const dir = tinyModels()["llama-f32"];
     const be = await Backend.load(dir, OPTS);
-    expect(be.info().backend).toBe(cuda.usable ? `cuda-${cuda.name}` : "cpu-avx2");
+    expect(be.info().backend).toBe(cuda.usable ? `cuda-${cuda.name}` : native().cpuBackend);
     be.close();
     const ref = await Backend.load(dir, { ...OPTS, reference: true });
     expect(ref.info().backend).toBe("cpu-reference");

@@ -53,6 +53,21 @@ describe("fast kernels match the reference", () => {
     }
   });
 
+  it("linear through the AVX-512VL build equals the AVX2 build bit for bit, every dtype and path", (ctx) => {
+    if (k.cpuBackend !== "cpu-avx512") {
+      console.log(`skipped: this CPU has no AVX-512F/VL (fast backend is ${k.cpuBackend}), so there is one build only`);
+      ctx.skip();
+    }
+    // T 1 (GEMV), 2-3 (direct tiles), 4+ (blocked); K across the 8-lane tail and the 256-k slices; N across row tiles.
+    for (const [T, K, N] of [[1, 1024, 67], [1, 37, 9], [2, 300, 33], [3, 520, 21], [17, 777, 45], [64, 96, 70]])
+      for (const dtype of [0, 1, 2]) {
+        const w = new Uint8Array(encodeTensor(randn(N * K, 0.5), (["F32", "F16", "BF16"] as DType[])[dtype]));
+        const args = { x: randn(T * K), T, K, N, w, dtype, bias: randn(N) };
+        const wide = k.kernel("linear", "cpu", args) as Float32Array, avx2 = k.kernel("linear", "cpu-avx2", args) as Float32Array;
+        expect(Array.from(wide), `T=${T} K=${K} N=${N} dtype ${dtype}`).toEqual(Array.from(avx2));
+      }
+  });
+
   it.each([[1, 8], [3, 13], [9, 64], [17, 1000]])("rmsnorm T=%i H=%i", (T, H) => {
     const [a, b] = both("rmsnorm", { x: randn(T * H, 3), T, w: randn(H), eps: 1e-5 });
     expect(maxDiff(a, b)).toBeLessThan(1e-5);
