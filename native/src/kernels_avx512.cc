@@ -20,7 +20,9 @@ bool supported() {
 }
 
 namespace {
+#define LX_GEMM_WIDE 1
 #include "gemm_avx.inc"
+#undef LX_GEMM_WIDE
 }  // namespace
 
 void linear(ThreadPool& pool, const float* x, int T, const Mat& W, const float* bias, float* y, bool accumulate) {
