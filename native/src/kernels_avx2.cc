@@ -182,6 +182,35 @@ inline void axpy(float a, const float* x, float* y, int n) {
   for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
   for (; i < n; i++) y[i] = std::fma(a, x[i], y[i]);
 }
+// dot() of one query with four keys at once: four independent FMA chains instead of one (a lone 8-FMA chain
+// per key was latency bound), each chain the same operations as dot(), so the same results.
+inline void dot4(const float* a, const float* const* b, int n, float* out) {
+  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  int i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 av = _mm256_loadu_ps(a + i);
+    for (int r = 0; r < 4; r++) acc[r] = _mm256_fmadd_ps(av, _mm256_loadu_ps(b[r] + i), acc[r]);
+  }
+  for (int r = 0; r < 4; r++) {
+    float s = hsum(acc[r]);
+    for (int k = i; k < n; k++) s = std::fma(a[k], b[r][k], s);
+    out[r] = s;
+  }
+}
+// o[d0 .. d0 + 8·NV) = Σ_j p[j]·v_j, accumulated in registers over j in order (the same per-element sequence
+// of FMAs from zero as a row-by-row axpy into memory, so the same results, without a load and store per key).
+template <int NV>
+inline void pv_chunk(const float* p, int j0, int L, const AttnArgs& a, const int32_t* bt, int kh, int d0, float* o) {
+  __m256 acc[NV];
+  for (int r = 0; r < NV; r++) acc[r] = _mm256_setzero_ps();
+  for (int j = j0; j < L; j++) {
+    if (p[j] == 0.f) continue;
+    const float* vv = a.v_cache + ((int64_t(bt[j / a.block_size]) * a.n_kv + kh) * a.block_size + j % a.block_size) * a.head_dim + d0;
+    const __m256 pv = _mm256_set1_ps(p[j]);
+    for (int r = 0; r < NV; r++) acc[r] = _mm256_fmadd_ps(pv, _mm256_loadu_ps(vv + 8 * r), acc[r]);
+  }
+  for (int r = 0; r < NV; r++) _mm256_storeu_ps(o + d0 + 8 * r, acc[r]);
+}
 }  // namespace
 
 void attention(ThreadPool& pool, const AttnArgs& a, const float* q, float* out) {
@@ -197,24 +226,38 @@ void attention(ThreadPool& pool, const AttnArgs& a, const float* q, float* out) 
       const int L = a.kv_len[t], j0 = a.kv_begin ? a.kv_begin[t] : 0;
       const int32_t* bt = a.block_table[t];
       if (sc.size() < size_t(L) * group) sc.resize(size_t(L) * group);
-      // scores[g][j] for the q heads sharing this kv head
-      for (int j = j0; j < L; j++) {
-        const bool vis = attn_visible(a, t, j);
-        const float* kv = a.k_cache + ((int64_t(bt[j / bs]) * a.n_kv + kh) * bs + j % bs) * hd;
+      // scores[g][j] for the q heads sharing this kv head, four keys at a time
+      auto key = [&](int j) { return a.k_cache + ((int64_t(bt[j / bs]) * a.n_kv + kh) * bs + j % bs) * hd; };
+      int j = j0;
+      for (; j + 4 <= L; j += 4) {
+        const float* kv[4] = {key(j), key(j + 1), key(j + 2), key(j + 3)};
         for (int g = 0; g < group; g++) {
-          const float* qv = q + (int64_t(t) * a.n_heads + kh * group + g) * hd;
-          sc[size_t(g) * L + j] = vis ? dot(qv, kv, hd) * a.scale : -INFINITY;
+          float d[4];
+          dot4(q + (int64_t(t) * a.n_heads + kh * group + g) * hd, kv, hd, d);
+          for (int r = 0; r < 4; r++) sc[size_t(g) * L + j + r] = attn_visible(a, t, j + r) ? d[r] * a.scale : -INFINITY;
         }
       }
+      for (; j < L; j++) {
+        const bool vis = attn_visible(a, t, j);
+        for (int g = 0; g < group; g++) {
+          const float* qv = q + (int64_t(t) * a.n_heads + kh * group + g) * hd;
+          sc[size_t(g) * L + j] = vis ? dot(qv, key(j), hd) * a.scale : -INFINITY;
+        }
+      }
+      const int hv = hd & ~7;
       for (int g = 0; g < group; g++) {
         float* s = sc.data() + size_t(g) * L;
         softmax(s + j0, L - j0);
         float* o = out + (int64_t(t) * a.n_heads + kh * group + g) * hd;
-        std::fill(o, o + hd, 0.f);
-        for (int j = j0; j < L; j++) {
-          if (s[j] == 0.f) continue;
-          const float* vv = a.v_cache + ((int64_t(bt[j / bs]) * a.n_kv + kh) * bs + j % bs) * hd;
-          axpy(s[j], vv, o, hd);
+        int d0 = 0;
+        for (; d0 + 64 <= hv; d0 += 64) pv_chunk<8>(s, j0, L, a, bt, kh, d0, o);
+        for (; d0 + 32 <= hv; d0 += 32) pv_chunk<4>(s, j0, L, a, bt, kh, d0, o);
+        for (; d0 + 8 <= hv; d0 += 8) pv_chunk<1>(s, j0, L, a, bt, kh, d0, o);
+        for (; d0 < hd; d0++) {
+          float acc = 0.f;
+          for (int jj = j0; jj < L; jj++)
+            if (s[jj] != 0.f) acc = std::fma(s[jj], a.v_cache[((int64_t(bt[jj / bs]) * a.n_kv + kh) * bs + jj % bs) * hd + d0], acc);
+          o[d0] = acc;
         }
       }
     }
