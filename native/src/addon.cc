@@ -658,13 +658,20 @@ Napi::Value Kernel(const Napi::CallbackInfo& info) {
     auto x = F32(a, "x", false), y = F32(a, "y", false);
     int d_in = get_int(a, "dIn", 0), d_out = get_int(a, "dOut", 0);
     Napi::Array gs = a.Get("groups").As<Napi::Array>();
+    const bool bf16 = get_bool(a, "bf16", false);  // factors stored as BF16 (rounded from the f32 given)
+    auto store = [&](const std::vector<float>& v) -> const void* {
+      if (!bf16) return m.put(v);
+      std::vector<uint16_t> h(v.size());
+      for (size_t i = 0; i < v.size(); i++) h[i] = lx::f32_to_bf16(v[i]);
+      return m.put(h);
+    };
     std::vector<lx::LoraGroup> groups;
     for (uint32_t i = 0; i < gs.Length(); i++) {
       Napi::Object g = gs.Get(i).As<Napi::Object>();
       auto A = F32(g, "a", false), Bt = F32(g, "bt", false);
       auto toks = I32(g, "tokens", false);
-      groups.push_back(lx::LoraGroup{m.put(A), m.put(Bt), get_int(g, "rank", 0), float(get_num(g, "scale", 1)),
-                                     int(toks.size()), m.put(toks)});
+      groups.push_back(lx::LoraGroup{store(A), store(Bt), get_int(g, "rank", 0), float(get_num(g, "scale", 1)),
+                                     int(toks.size()), m.put(toks), bf16 ? lx::DType::BF16 : lx::DType::F32});
     }
     float* yd = m.put(y);
     be.lora(m.put(x), d_in, yd, d_out, groups.data(), int(groups.size()));

@@ -64,6 +64,10 @@ class Backend {
   virtual Status upload(void* dst, const void* host, size_t bytes) = 0;
   // True when op memory is host memory (the CPU): callers may then fill it in place instead of staging + upload.
   virtual bool host_memory() const = 0;
+  // How LoRA factors are stored for a base model whose weights are `weights`: the CPU keeps BF16 for half-precision
+  // models (LoRA in multi-adapter decode is read once per token per adapter: half the bytes) and F32 otherwise;
+  // CUDA's kernels take F32.
+  virtual DType lora_dtype(DType weights) const = 0;
   virtual Status download(void* host, const void* src, size_t bytes) = 0;
   // Weights and other constants, kept for the backend's life: the CPU returns the host data itself (a mapped
   // file stays zero-copy); CUDA a device copy.

@@ -78,6 +78,7 @@ class CpuBackend final : public Backend {
     return Status::Ok();
   }
   bool host_memory() const override { return true; }
+  DType lora_dtype(DType weights) const override { return weights == DType::F32 ? DType::F32 : DType::BF16; }
   Status download(void* host, const void* src, size_t bytes) override {
     if (bytes) std::memcpy(host, src, bytes);
     return Status::Ok();

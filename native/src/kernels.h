@@ -33,12 +33,13 @@ inline bool attn_visible(const AttnArgs& a, int t, int j) {
 
 // One adapter's share of a LoRA op in a step: y[t] += scale · Bt^T (A · x[t]) for each listed token.
 struct LoraGroup {
-  const float* A = nullptr;   // [rank, d_in]
-  const float* Bt = nullptr;  // [rank, d_out] (B transposed at load)
+  const void* A = nullptr;   // [rank, d_in] of dtype
+  const void* Bt = nullptr;  // [rank, d_out] of dtype (B transposed at load)
   int rank = 0;
   float scale = 0.f;
   int n_tok = 0;
   const int32_t* tok = nullptr;  // [n_tok] rows of x / y
+  DType dtype = DType::F32;      // of A and Bt: F32, or BF16 where Backend::lora_dtype() chose it
 };
 
 namespace ref {

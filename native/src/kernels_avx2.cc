@@ -176,12 +176,6 @@ inline float dot(const float* a, const float* b, int n) {
   for (; i < n; i++) s = std::fma(a[i], b[i], s);
   return s;
 }
-inline void axpy(float a, const float* x, float* y, int n) {
-  __m256 av = _mm256_set1_ps(a);
-  int i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
-  for (; i < n; i++) y[i] = std::fma(a, x[i], y[i]);
-}
 // dot() of one query with four keys at once: four independent FMA chains instead of one (a lone 8-FMA chain
 // per key was latency bound), each chain the same operations as dot(), so the same results.
 inline void dot4(const float* a, const float* const* b, int n, float* out) {
@@ -198,7 +192,7 @@ inline void dot4(const float* a, const float* const* b, int n, float* out) {
   }
 }
 // o[d0 .. d0 + 8·NV) = Σ_j p[j]·v_j, accumulated in registers over j in order (the same per-element sequence
-// of FMAs from zero as a row-by-row axpy into memory, so the same results, without a load and store per key).
+// of FMAs from zero as accumulating row by row into memory, so the same results, without a load and store per key).
 template <int NV>
 inline void pv_chunk(const float* p, int j0, int L, const AttnArgs& a, const int32_t* bt, int kh, int d0, float* o) {
   __m256 acc[NV];
@@ -266,6 +260,31 @@ void attention(ThreadPool& pool, const AttnArgs& a, const float* q, float* out) 
   else pool.run(body);
 }
 
+namespace {
+// y[0 .. n) += Σ_j c[j]·Bt[j][0 .. n) over j in order, in registers a chunk of y at a time: the same per-element
+// FMA sequence as updating y once per rank row, without a load and store of y per row.
+template <DType D>
+void expand_row(const float* c, int rank, const void* Bt, int64_t ld, float* y, int n) {
+  int o = 0;
+  for (; o + 32 <= n; o += 32) {
+    __m256 acc[4];
+    for (int r = 0; r < 4; r++) acc[r] = _mm256_loadu_ps(y + o + 8 * r);
+    for (int j = 0; j < rank; j++) {
+      const __m256 cv = _mm256_set1_ps(c[j]);
+      for (int r = 0; r < 4; r++) acc[r] = _mm256_fmadd_ps(cv, load8<D>(Bt, j * ld + o + 8 * r), acc[r]);
+    }
+    for (int r = 0; r < 4; r++) _mm256_storeu_ps(y + o + 8 * r, acc[r]);
+  }
+  for (; o + 8 <= n; o += 8) {
+    __m256 acc = _mm256_loadu_ps(y + o);
+    for (int j = 0; j < rank; j++) acc = _mm256_fmadd_ps(_mm256_set1_ps(c[j]), load8<D>(Bt, j * ld + o), acc);
+    _mm256_storeu_ps(y + o, acc);
+  }
+  for (; o < n; o++)
+    for (int j = 0; j < rank; j++) y[o] = std::fma(c[j], load1<D>(Bt, j * ld + o), y[o]);
+}
+}  // namespace
+
 // LoRA: work items are (group, chunk of up to 16 tokens); a chunk's tokens are gathered contiguous, shrunk
 // with the same tile kernel as linear() (so a token's result does not depend on its neighbours), then
 // expanded row by row of Bt. Items are taken dynamically: groups differ in rank and size.
@@ -285,27 +304,32 @@ void lora(ThreadPool& pool, const float* x, int d_in, float* y, int d_out, const
       xs.resize(size_t(n) * d_in);
       s.resize(size_t(n) * G.rank);
       for (int i = 0; i < n; i++) std::copy_n(x + int64_t(G.tok[i0 + i]) * d_in, d_in, xs.data() + int64_t(i) * d_in);
-      Mat A{G.A, DType::F32, G.rank, d_in};
       const int64_t kvec = d_in & ~7;
-      int t = 0;
-      auto shrink = [&](auto nt_tag) {
-        constexpr int NT = decltype(nt_tag)::value;
-        for (int j = 0; j < G.rank; j++) {
-          __m256 acc[NT];
-          for (auto& v : acc) v = _mm256_setzero_ps();
-          tile<DType::F32, 1, NT>(A.data, d_in, j, xs.data() + int64_t(t) * d_in, d_in, 0, kvec, acc);
-          for (int tt = 0; tt < NT; tt++)
-            finish<DType::F32>(acc[tt], A.data, d_in, j, xs.data() + int64_t(t + tt) * d_in, d_in, kvec, nullptr,
-                               s.data() + int64_t(t + tt) * G.rank + j, false);
+      auto run = [&](auto d_tag) {
+        constexpr DType D = decltype(d_tag)::value;
+        int t = 0;
+        auto shrink = [&](auto nt_tag) {
+          constexpr int NT = decltype(nt_tag)::value;
+          for (int j = 0; j < G.rank; j++) {
+            __m256 acc[NT];
+            for (auto& v : acc) v = _mm256_setzero_ps();
+            tile<D, 1, NT>(G.A, d_in, j, xs.data() + int64_t(t) * d_in, d_in, 0, kvec, acc);
+            for (int tt = 0; tt < NT; tt++)
+              finish<D>(acc[tt], G.A, d_in, j, xs.data() + int64_t(t + tt) * d_in, d_in, kvec, nullptr,
+                        s.data() + int64_t(t + tt) * G.rank + j, false);
+          }
+        };
+        for (; t + 3 <= n; t += 3) shrink(std::integral_constant<int, 3>{});
+        if (n - t == 2) shrink(std::integral_constant<int, 2>{}), t += 2;
+        if (n - t == 1) shrink(std::integral_constant<int, 1>{}), t += 1;
+        for (int i = 0; i < n; i++) {
+          float* c = s.data() + int64_t(i) * G.rank;
+          for (int j = 0; j < G.rank; j++) c[j] *= G.scale;
+          expand_row<D>(c, G.rank, G.Bt, d_out, y + int64_t(G.tok[i0 + i]) * d_out, d_out);
         }
       };
-      for (; t + 3 <= n; t += 3) shrink(std::integral_constant<int, 3>{});
-      if (n - t == 2) shrink(std::integral_constant<int, 2>{}), t += 2;
-      if (n - t == 1) shrink(std::integral_constant<int, 1>{}), t += 1;
-      for (int i = 0; i < n; i++) {
-        float* yr = y + int64_t(G.tok[i0 + i]) * d_out;
-        for (int j = 0; j < G.rank; j++) axpy(G.scale * s[int64_t(i) * G.rank + j], G.Bt + int64_t(j) * d_out, yr, d_out);
-      }
+      if (G.dtype == DType::BF16) run(std::integral_constant<DType, DType::BF16>{});
+      else run(std::integral_constant<DType, DType::F32>{});
     }
   };
   if (work < ThreadPool::kMinParallelWork) body(0, 1);

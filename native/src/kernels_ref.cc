@@ -107,12 +107,12 @@ void lora(const float* x, int d_in, float* y, int d_out, const LoraGroup* g, int
       const int t = G.tok[i];
       for (int j = 0; j < G.rank; j++) {
         double a = 0;
-        for (int k = 0; k < d_in; k++) a += double(G.A[int64_t(j) * d_in + k]) * x[int64_t(t) * d_in + k];
+        for (int k = 0; k < d_in; k++) a += double(load_as_f32(G.A, G.dtype, int64_t(j) * d_in + k)) * x[int64_t(t) * d_in + k];
         s[j] = a;
       }
       for (int o = 0; o < d_out; o++) {
         double d = 0;
-        for (int j = 0; j < G.rank; j++) d += s[j] * G.Bt[int64_t(j) * d_out + o];
+        for (int j = 0; j < G.rank; j++) d += s[j] * load_as_f32(G.Bt, G.dtype, int64_t(j) * d_out + o);
         y[int64_t(t) * d_out + o] += float(G.scale * d);
       }
     }

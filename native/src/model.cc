@@ -253,39 +253,45 @@ Status Model::lora_load(int slot, const std::vector<LoraModuleIn>& modules) {
     floats += size_t(mi.rank) * (d_in(mi.target) + d_out(mi.target));
   }
   LoraSlot s;
-  Status st = be_->alloc(floats * sizeof(float), &s.storage);
-  if (!st.ok()) return Status::NoMem("cannot allocate " + std::to_string(floats * 4) + " bytes for a LoRA adapter: " + st.message);
+  s.dtype = be_->lora_dtype(lm_head_.dtype);
+  const size_t esz = dtype_size(s.dtype), bytes = floats * esz;
+  Status st = be_->alloc(bytes, &s.storage);
+  if (!st.ok()) return Status::NoMem("cannot allocate " + std::to_string(bytes) + " bytes for a LoRA adapter: " + st.message);
   // Host op memory (CPU) is filled in place; a device's goes through host staging and one upload. Filling in
   // place halves the fresh pages touched and drops a copy of the whole adapter (cold loads are page-fault bound).
-  std::unique_ptr<float[]> staging;  // not zero-filled: every float is written below
+  std::unique_ptr<uint8_t[]> staging;  // not zero-filled: every element is written below
   try {
-    if (!be_->host_memory()) staging.reset(new float[floats]);
+    if (!be_->host_memory()) staging.reset(new uint8_t[bytes]);
     s.mods.assign(size_t(cfg_.n_layers) * kNumTargets + 1, LoraMod{});
   } catch (const std::bad_alloc&) {
-    return Status::NoMem("cannot allocate " + std::to_string(floats * 4) + " bytes for a LoRA adapter");
+    return Status::NoMem("cannot allocate " + std::to_string(bytes) + " bytes for a LoRA adapter");
   }
-  float* const host = staging ? staging.get() : buf<float>(s.storage);
-  float* p = host;
-  const float* dev = buf<float>(s.storage);
+  uint8_t* const host = staging ? staging.get() : buf<uint8_t>(s.storage);
+  const uint8_t* dev = buf<uint8_t>(s.storage);
+  size_t at = 0;  // elements written so far
+  auto put = [&](size_t i, float v) {
+    if (s.dtype == DType::BF16) reinterpret_cast<uint16_t*>(host)[at + i] = f32_to_bf16(v);
+    else reinterpret_cast<float*>(host)[at + i] = v;
+  };
   for (const LoraModuleIn& mi : modules) {
     const int di = d_in(mi.target), dout = d_out(mi.target);
     LoraMod& lm = s.mods[mi.layer < 0 ? s.mods.size() - 1 : size_t(mi.layer) * kNumTargets + mi.target];
     lm.rank = mi.rank;
     lm.scale = mi.scale;
-    std::copy_n(mi.a, size_t(mi.rank) * di, p);
-    lm.A = dev + (p - host);
-    p += size_t(mi.rank) * di;
+    lm.A = dev + at * esz;
+    for (size_t i = 0; i < size_t(mi.rank) * di; i++) put(i, mi.a[i]);
+    at += size_t(mi.rank) * di;
     // B [dout, rank] → Bt [rank, dout], in tiles of 64 outputs so reads and writes both stay in cache.
+    lm.Bt = dev + at * esz;
     for (int o0 = 0; o0 < dout; o0 += 64) {
       const int o1 = std::min(dout, o0 + 64);
       for (int j = 0; j < mi.rank; j++)
-        for (int o = o0; o < o1; o++) p[size_t(j) * dout + o] = mi.b[size_t(o) * mi.rank + j];
+        for (int o = o0; o < o1; o++) put(size_t(j) * dout + o, mi.b[size_t(o) * mi.rank + j]);
     }
-    lm.Bt = dev + (p - host);
-    p += size_t(mi.rank) * dout;
+    at += size_t(mi.rank) * dout;
   }
-  if (staging) LX_TRY(be_->upload(s.storage.get(), staging.get(), floats * sizeof(float)));
-  s.bytes = floats * sizeof(float);
+  if (staging) LX_TRY(be_->upload(s.storage.get(), staging.get(), bytes));
+  s.bytes = bytes;
   s.used = true;
   lora_[slot] = std::move(s);
   return Status::Ok();
@@ -388,7 +394,7 @@ void Model::lora_mm(const float* x, int T, const Mat& W, const float* bias, int 
   for (int s : active_slots_) {
     const LoraMod& m = lora_[s].mods[mi];
     if (m.rank == 0) continue;
-    groups_.push_back(LoraGroup{m.A, m.Bt, m.rank, m.scale, int(slot_tokens_[s].size()), slot_tok_[s]});
+    groups_.push_back(LoraGroup{m.A, m.Bt, m.rank, m.scale, int(slot_tokens_[s].size()), slot_tok_[s], lora_[s].dtype});
   }
   if (!groups_.empty()) be_->lora(x, d_in(target), y, d_out(target), groups_.data(), int(groups_.size()));
 }

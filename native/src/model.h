@@ -145,12 +145,13 @@ class Model {
   struct LoraMod {
     int rank = 0;
     float scale = 0.f;
-    const float* A = nullptr;   // [rank, d_in] op memory
-    const float* Bt = nullptr;  // [rank, d_out] op memory
+    const void* A = nullptr;   // [rank, d_in] op memory, of the slot's dtype
+    const void* Bt = nullptr;  // [rank, d_out] op memory, of the slot's dtype
   };
   struct LoraSlot {
     bool used = false;
     Buffer storage;  // op memory: every module's A then Bt
+    DType dtype = DType::F32;  // of storage: Backend::lora_dtype() of the base weights
     size_t bytes = 0;
     std::vector<LoraMod> mods;  // [n_layers * kNumTargets + 1]; the last is lm_head
   };

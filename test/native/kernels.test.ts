@@ -122,14 +122,14 @@ describe("fast kernels match the reference", () => {
     expect(maxDiff(a, b)).toBeLessThan(1e-5);
   });
 
-  it("LoRA: mixed ranks, scattered tokens, a segment longer than a chunk", () => {
-    const dIn = 37, dOut = 29, T = 40;
+  it.each([[false, 37, 29], [true, 37, 29], [true, 256, 300]])("LoRA (bf16 factors: %s, d_in %i, d_out %i): mixed ranks, scattered tokens, a segment longer than a chunk", (bf16, dIn, dOut) => {
+    const T = 40;
     const groups = [
       { rank: 1, scale: 2, tokens: Int32Array.from([3]) },
       { rank: 8, scale: 0.5, tokens: Int32Array.from({ length: 21 }, (_, i) => i + 10) },
       { rank: 13, scale: 1.25, tokens: Int32Array.from([0, 2, 39, 5]) },
     ].map((g) => ({ ...g, a: randn(g.rank * dIn), bt: randn(g.rank * dOut) }));
-    const args = { x: randn(T * dIn), y: randn(T * dOut), dIn, dOut, groups };
+    const args = { x: randn(T * dIn), y: randn(T * dOut), dIn, dOut, groups, bf16 };
     const [a, b] = both("lora", args);
     expect(maxDiff(a, b)).toBeLessThan(1e-4);
     expect(maxDiff(a, args.y)).toBeGreaterThan(1e-3); // it did something

@@ -321,6 +321,7 @@ class CudaBackend final : public Backend {
     return Status::Ok();
   }
   bool host_memory() const override { return false; }
+  DType lora_dtype(DType) const override { return DType::F32; }
   Status stage(const void* host, size_t bytes, const void** out) override {
     *out = nullptr;
     if (!err_.ok()) return take_error();

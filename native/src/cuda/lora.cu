@@ -1,6 +1,7 @@
 // Multi-LoRA on CUDA: shrink (s = A·x) and expand (y += scale·Bt^T s) over tiles of one adapter's tokens, in gather
 // (BGMV, one token per tile: decode) and segment (SGMV, ≤ 8 tokens per tile: prefill) forms, mixed ranks unpadded.
-// Reference: ref::lora in kernels_ref.cc. Adapter storage and grouping belong to the model (f32 A and Bt).
+// Reference: ref::lora in kernels_ref.cc. Adapter storage and grouping belong to the model (f32 A and Bt: the
+// CUDA backend's lora_dtype()).
 #include <algorithm>
 #include <vector>
 
@@ -167,6 +168,8 @@ cudaError_t lora(const float* x, int d_in, float* y, int d_out, const LoraGroup*
     if (g[i].rank > 0) max_tok = std::max(max_tok, g[i].n_tok), max_rank = std::max(max_rank, g[i].rank);
   if (max_tok == 0 || d_out <= 0) return cudaSuccess;
   if (max_rank > 1024) return cudaErrorInvalidValue;
+  for (int i = 0; i < n_groups; i++)
+    if (g[i].dtype != DType::F32) return cudaErrorInvalidValue;  // Backend::lora_dtype() is F32 on CUDA
   const int tok = max_tok <= 2 ? 1 : 8;  // gather form for decode-like batches, segments otherwise
   std::vector<Tile> tiles;
   int s_off = 0;
@@ -174,7 +177,7 @@ cudaError_t lora(const float* x, int d_in, float* y, int d_out, const LoraGroup*
     if (g[i].rank <= 0) continue;
     for (int i0 = 0; i0 < g[i].n_tok; i0 += tok) {
       const int n = std::min(tok, g[i].n_tok - i0);
-      tiles.push_back(Tile{g[i].A, g[i].Bt, g[i].tok + i0, g[i].rank, n, g[i].scale, s_off});
+      tiles.push_back(Tile{static_cast<const float*>(g[i].A), static_cast<const float*>(g[i].Bt), g[i].tok + i0, g[i].rank, n, g[i].scale, s_off});
       s_off += n;
     }
   }
