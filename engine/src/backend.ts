@@ -206,6 +206,11 @@ export class Backend {
     }
   }
 
+  /** Bytes an adapter occupies in a LoRA slot (its factors as stored there, BF16 or F32). */
+  loraSlotBytes(w: LoraWeights): number {
+    return (w.sizeBytes / 4) * this.model.info().loraElementBytes;
+  }
+
   /** Copies an adapter's A/B matrices into a LoRA slot (off the event loop); resolves to the bytes it occupies. */
   async loraLoad(slot: number, w: LoraWeights): Promise<number> {
     try {

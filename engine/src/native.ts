@@ -116,6 +116,8 @@ export interface NativeModel {
     backend: string;
     threads: number;
     weightBytes: number;
+    /** Bytes per LoRA factor element in a slot: 2 (BF16, CPU with a half-precision base model) or 4. */
+    loraElementBytes: number;
     kvBytes: number;
     kvBlocks: number;
     blockSize: number;

@@ -132,6 +132,8 @@ class Model {
   int block_size() const { return block_size_; }
   size_t kv_bytes() const { return kv_bytes_; }
   size_t weight_bytes() const { return weight_bytes_; }
+  // Bytes per stored LoRA factor element (Backend::lora_dtype of the base weights).
+  size_t lora_element_bytes() const { return dtype_size(be_->lora_dtype(lm_head_.dtype)); }
   int max_step_tokens() const { return max_T_; }
   int max_out_rows() const { return max_R_; }
 

@@ -298,7 +298,7 @@ export class AdapterRegistry implements AdapterProvider {
   private activate(e: Entry): Promise<void> {
     if (e.state === "active") return Promise.resolve();
     if (e.activating) return e.activating;
-    const bytes = e.weights!.sizeBytes;
+    const bytes = this.o.backend.loraSlotBytes(e.weights!);
     if (bytes > this.o.activeBudgetBytes)
       return Promise.reject(new AdapterIncompatibleError(`adapter "${e.name}" needs ${bytes} bytes, more than the adapter memory budget ${this.o.activeBudgetBytes} (--adapter-memory-bytes)`));
     let slot = this.slots.indexOf(null);
@@ -336,7 +336,7 @@ export class AdapterRegistry implements AdapterProvider {
 
   private activeBytes(): number {
     let b = 0;
-    for (const s of this.slots) if (s) b += s.weights?.sizeBytes ?? 0;
+    for (const s of this.slots) if (s?.weights) b += this.o.backend.loraSlotBytes(s.weights);
     return b;
   }
 
