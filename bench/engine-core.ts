@@ -20,6 +20,8 @@ export interface CoreResult {
   /** tokS: tokens over native step time; wallTokS: over wall-clock time between steps (engine overhead included). */
   decode: { concurrency: number; tokS: number; wallTokS: number }[];
   rooflineTokS: number;
+  /** Bytes/s behind rooflineTokS: the best probe of the run and around batch-1 decode. */
+  rooflineBandwidth: number;
   /** The companion's figures for the same workloads, measured right after ours (see CoreOptions.companion). */
   companion?: { prefillTokS: number; decode: { concurrency: number; tokS: number }[] };
 }
@@ -74,8 +76,13 @@ export async function benchCore(dtype: DType, quick: boolean, bandwidth: number,
   }
   const decode = [], peerDecode = [];
   const newTokens = opts.newTokens ?? (quick ? 16 : 48);
+  // The machine's read bandwidth drifts (35-47 GB/s between runs here, shared hardware): the roofline uses the
+  // best of the run's probe and probes taken just before and after batch-1 decode.
+  let roofBandwidth = bandwidth;
   for (const c of opts.concurrency ?? [1, 8, 32]) {
+    if (c === 1) roofBandwidth = Math.max(roofBandwidth, native().probe("bandwidth"));
     decode.push({ concurrency: c, ...(await decodeRate(engine, c, newTokens, opts.decodePromptLen ?? 16)) });
+    if (c === 1) roofBandwidth = Math.max(roofBandwidth, native().probe("bandwidth"));
     if (opts.companion) peerDecode.push({ concurrency: c, tokS: await opts.companion.decode(decodePrompts(c, opts.decodePromptLen ?? 16), newTokens) });
   }
   engine.backend.close();
@@ -84,7 +91,8 @@ export async function benchCore(dtype: DType, quick: boolean, bandwidth: number,
   return {
     dtype, weightBytes: info.weightBytes, rssAfterLoad, kvBytes: info.kvBytes, threads: info.threads, prefillTokS: median(prefills),
     prefillWallTokS: median(prefillWalls), decode,
-    rooflineTokS: bandwidth / perToken,
+    rooflineTokS: roofBandwidth / perToken,
+    rooflineBandwidth: roofBandwidth,
     companion: opts.companion ? { prefillTokS: median(peerPrefills), decode: peerDecode } : undefined,
   };
 }
