@@ -56,12 +56,7 @@ inline float exp1(float x) {
 }  // namespace
 
 void linear(ThreadPool& pool, const float* x, int T, const Mat& W, const float* bias, float* y, bool accumulate) {
-  if (T <= 0 || W.rows == 0) return;
-  switch (W.dtype) {
-    case DType::F32: return linear_t<DType::F32>(pool, x, T, W, bias, y, accumulate);
-    case DType::F16: return linear_t<DType::F16>(pool, x, T, W, bias, y, accumulate);
-    case DType::BF16: return linear_t<DType::BF16>(pool, x, T, W, bias, y, accumulate);
-  }
+  linear_dtype(pool, x, T, W, bias, y, accumulate);
 }
 
 void rmsnorm(ThreadPool& pool, const float* x, int T, int H, const float* w, float eps, float* out) {
