@@ -119,7 +119,8 @@ void silu_mul(ThreadPool& pool, const float* gate, const float* up, int64_t n, f
   }, n * 4);
 }
 
-void softmax(float* x, int64_t n) {
+namespace {
+inline float max_of(const float* x, int64_t n) {
   __m256 mv = _mm256_set1_ps(-INFINITY);
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(x + i));
@@ -128,6 +129,13 @@ void softmax(float* x, int64_t n) {
   float m = -INFINITY;
   for (float v : mb) m = std::max(m, v);
   for (; i < n; i++) m = std::max(m, x[i]);
+  return m;
+}
+}  // namespace
+
+void softmax(float* x, int64_t n) {
+  const float m = max_of(x, n);
+  int64_t i = 0;
   __m256 mm = _mm256_set1_ps(m), sv = _mm256_setzero_ps();
   for (i = 0; i + 8 <= n; i += 8) {
     __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), mm));
@@ -145,14 +153,8 @@ void softmax(float* x, int64_t n) {
 }
 
 double logsumexp(const float* x, int64_t n) {
-  __m256 mv = _mm256_set1_ps(-INFINITY);
+  const float m = max_of(x, n);
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(x + i));
-  alignas(32) float mb[8];
-  _mm256_store_ps(mb, mv);
-  float m = -INFINITY;
-  for (float v : mb) m = std::max(m, v);
-  for (; i < n; i++) m = std::max(m, x[i]);
   if (m == -INFINITY) return -INFINITY;
   const __m256 mm = _mm256_set1_ps(m);
   __m256 sv = _mm256_setzero_ps();
