@@ -258,19 +258,23 @@ class CudaBackend final : public Backend {
     return Status::Ok();
   }
 
+  // cudaMalloc on this backend's device; when it fails, says how much memory was free.
+  Status device_malloc(size_t bytes, const char* what, void** p) {
+    cudaSetDevice(dev_);
+    cudaError_t e = cudaMalloc(p, std::max<size_t>(bytes, 1));
+    if (e == cudaSuccess) return Status::Ok();
+    cudaGetLastError();
+    size_t free_b = 0, total_b = 0;
+    cudaMemGetInfo(&free_b, &total_b);
+    return Status::NoMem("cannot allocate " + std::to_string(bytes) + " bytes of GPU memory" + what + " (" +
+                         std::to_string(free_b >> 20) + " MiB free of " + std::to_string(total_b >> 20) +
+                         " MiB): " + cudaGetErrorString(e));
+  }
   Status alloc(size_t bytes, Buffer* out) override {
     epoch_.fetch_add(1, std::memory_order_relaxed);  // a new buffer may sit where the cached x was (any thread)
-    cudaSetDevice(dev_);
     void* p = nullptr;
-    cudaError_t e = cudaMalloc(&p, std::max<size_t>(bytes, 1));
-    if (e != cudaSuccess) {
-      cudaGetLastError();
-      size_t free_b = 0, total_b = 0;
-      cudaMemGetInfo(&free_b, &total_b);
-      return Status::NoMem("cannot allocate " + std::to_string(bytes) + " bytes of GPU memory (" + std::to_string(free_b >> 20) +
-                           " MiB free of " + std::to_string(total_b >> 20) + " MiB): " + cudaGetErrorString(e));
-    }
-    e = cudaMemsetAsync(p, 0, bytes, up_);
+    LX_TRY(device_malloc(bytes, "", &p));
+    cudaError_t e = cudaMemsetAsync(p, 0, bytes, up_);
     if (e == cudaSuccess) e = cudaStreamSynchronize(up_);
     if (e != cudaSuccess) {
       cudaFree(p);
@@ -302,16 +306,8 @@ class CudaBackend final : public Backend {
   }
   Status constant(const Mat& host, Mat* out) override {
     const size_t bytes = size_t(host.rows) * size_t(host.cols) * dtype_size(host.dtype);
-    cudaSetDevice(dev_);
     void* p = nullptr;
-    cudaError_t e = cudaMalloc(&p, std::max<size_t>(bytes, 1));
-    if (e != cudaSuccess) {
-      cudaGetLastError();
-      size_t free_b = 0, total_b = 0;
-      cudaMemGetInfo(&free_b, &total_b);
-      return Status::NoMem("cannot allocate " + std::to_string(bytes) + " bytes of GPU memory for weights (" +
-                           std::to_string(free_b >> 20) + " MiB free of " + std::to_string(total_b >> 20) + " MiB)");
-    }
+    LX_TRY(device_malloc(bytes, " for weights", &p));
     {
       std::lock_guard<std::mutex> lk(mu_);
       consts_.push_back(p);
