@@ -1,4 +1,5 @@
-// Shared test helpers: the tiny fixture models and an engine over one of them with small, test-sized limits.
+// Shared test helpers: the tiny fixture models, an engine over one of them with small, test-sized limits, a
+// seeded random source and the max difference of two float arrays.
 import { Engine, type EngineOptions, type GenerationEvent } from "../../engine/src/engine.js";
 import { DEFAULT_SAMPLING, type SamplingParams } from "../../engine/src/sampling.js";
 import { ensureTinyModels } from "../../scripts/tiny-models.js";
@@ -45,4 +46,12 @@ export function rng(seed: number): (n: number) => number {
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
     return (((t ^ (t >>> 14)) >>> 0) / 4294967296) * n;
   };
+}
+
+/** The largest |a[i] − b[i]|; throws (failing the test) when the lengths differ. */
+export function maxDiff(a: Float32Array, b: Float32Array): number {
+  if (a.length !== b.length) throw new Error(`maxDiff: lengths differ (${a.length} vs ${b.length})`);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
+  return m;
 }

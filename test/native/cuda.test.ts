@@ -12,7 +12,7 @@ import { Backend, type RowSampling } from "../../engine/src/backend.js";
 import { encodeTensor, type DType } from "../../engine/src/model/safetensors.js";
 import { native } from "../../engine/src/native.js";
 import { Tokenizer } from "../../engine/src/tokenizer.js";
-import { rng, tinyModels } from "../helpers/tiny.js";
+import { maxDiff, rng, tinyModels } from "../helpers/tiny.js";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const k = native();
@@ -23,12 +23,6 @@ if (SKIP) console.log(SKIP);
 
 const R = rng(11);
 const randn = (n: number, s = 1) => Float32Array.from({ length: n }, () => (R(2) - 1) * s);
-const maxDiff = (a: Float32Array, b: Float32Array) => {
-  expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
-  return m;
-};
 const OPTS = { kvBytes: 1 << 20, blockSize: 8, maxStepTokens: 64, maxOutRows: 64, loraSlots: 2, loraMaxRank: 8 };
 const row = (): RowSampling => ({
   sample: true, doSample: false, temperature: 1, topK: 0, topP: 1, typicalP: 1, minP: 0,

@@ -4,17 +4,11 @@ import { describe, expect, it } from "vitest";
 
 import { encodeTensor, type DType } from "../../engine/src/model/safetensors.js";
 import { native } from "../../engine/src/native.js";
-import { rng } from "../helpers/tiny.js";
+import { maxDiff, rng } from "../helpers/tiny.js";
 
 const k = native();
 const R = rng(7);
 const randn = (n: number, s = 1) => Float32Array.from({ length: n }, () => (R(2) - 1) * s);
-const maxDiff = (a: Float32Array, b: Float32Array) => {
-  expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
-  return m;
-};
 const both = (name: string, args: Record<string, unknown>) => [k.kernel(name, true, args), k.kernel(name, false, args)];
 
 describe("fast kernels match the reference", () => {
