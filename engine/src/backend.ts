@@ -89,11 +89,16 @@ export function wrapNative(e: unknown): Error {
 }
 
 export class Backend {
+  /** Bytes per LoRA factor element in a slot (fixed for the model's life; read once). */
+  private readonly loraElementBytes: number;
+
   private constructor(
     readonly spec: ModelSpec,
     private readonly model: NativeModel,
     readonly weightBytesOnDisk: number,
-  ) {}
+  ) {
+    this.loraElementBytes = model.info().loraElementBytes;
+  }
 
   static async load(dir: string, opts: BackendOptions): Promise<Backend> {
     const spec = readModelSpec(dir);
@@ -208,7 +213,7 @@ export class Backend {
 
   /** Bytes an adapter occupies in a LoRA slot (its factors as stored there, BF16 or F32). */
   loraSlotBytes(w: LoraWeights): number {
-    return (w.sizeBytes / 4) * this.model.info().loraElementBytes;
+    return (w.sizeBytes / 4) * this.loraElementBytes;
   }
 
   /** Copies an adapter's A/B matrices into a LoRA slot (off the event loop); resolves to the bytes it occupies. */
