@@ -155,6 +155,8 @@ export interface NativeAddon {
   kernel(name: string, device: KernelDevice, args: Record<string, unknown>): any;
   readonly cuda: NativeCudaInfo;
   probe(what: "bandwidth" | "fma", threads?: number): number;
+  /** A whole file, read on a worker thread into addon-owned memory (rejects with the path and the OS error). */
+  readFile(path: string): Promise<ArrayBuffer>;
   fastKernels: boolean;
   /** The fast CPU backend's name here: "cpu-avx512" (AVX-512VL GEMM), "cpu-avx2", or "cpu-reference". */
   cpuBackend: string;

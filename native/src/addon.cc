@@ -4,7 +4,14 @@
 // the hardware probes for benchmarks are exposed here too.
 #include <napi.h>
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <atomic>
+#include <cerrno>
+#include <cstring>
 #include <chrono>
 #include <cmath>
 #include <memory>
@@ -719,6 +726,76 @@ Napi::Value Kernel(const Napi::CallbackInfo& info) {
   throw_invalid(env, "unknown kernel '" + name + "'");
 }
 
+// readFile(path) → Promise<ArrayBuffer>: the whole file, read on a worker thread into memory the addon owns
+// (freed when the ArrayBuffer is collected). Adapter weights land here rather than in a Node Buffer: the pages
+// are populated in one call instead of faulted one by one during the read. Errors name the path and errno.
+class ReadFileWorker : public Napi::AsyncWorker {
+ public:
+  ReadFileWorker(Napi::Env env, std::string path) : Napi::AsyncWorker(env), path_(std::move(path)), deferred_(env) {}
+  Napi::Promise promise() { return deferred_.Promise(); }
+  void Execute() override {
+    const int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return fail("cannot open");
+    struct stat sb;
+    if (::fstat(fd, &sb) != 0) return ::close(fd), fail("cannot stat");
+    size_ = size_t(sb.st_size);
+    if (size_ > 0) {
+      void* p = ::mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+      if (p == MAP_FAILED) return ::close(fd), fail("cannot map " + std::to_string(size_) + " bytes of memory for");
+      data_ = static_cast<uint8_t*>(p);
+      size_t off = 0;
+      while (off < size_) {
+        const ssize_t n = ::pread(fd, data_ + off, size_ - off, off);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return ::close(fd), fail("cannot read");
+        if (n == 0) break;  // shrank while read: the parser reports the truncation
+        off += size_t(n);
+      }
+      read_ = off;
+    }
+    ::close(fd);
+  }
+  void OnOK() override {
+    if (!err_.empty()) {
+      release();
+      return deferred_.Reject(Napi::Error::New(Env(), err_).Value());
+    }
+    if (!data_) return deferred_.Resolve(Napi::ArrayBuffer::New(Env(), 0));
+    uint8_t* d = data_;
+    const size_t mapped = size_;
+    data_ = nullptr;
+    deferred_.Resolve(Napi::ArrayBuffer::New(Env(), d, read_, [mapped](Napi::Env, void* p) { ::munmap(p, mapped); }));
+  }
+  void OnError(const Napi::Error& e) override {
+    release();
+    deferred_.Reject(e.Value());
+  }
+  ~ReadFileWorker() override { release(); }
+
+ private:
+  void fail(const std::string& what) {
+    err_ = what + " " + path_ + ": " + std::strerror(errno);
+    release();
+  }
+  void release() {
+    if (data_) ::munmap(data_, size_);
+    data_ = nullptr;
+  }
+  std::string path_, err_;
+  uint8_t* data_ = nullptr;
+  size_t size_ = 0, read_ = 0;
+  Napi::Promise::Deferred deferred_;
+};
+
+Napi::Value ReadFile(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsString()) throw_invalid(env, "readFile(path): path must be a string");
+  auto* w = new ReadFileWorker(env, info[0].As<Napi::String>().Utf8Value());
+  Napi::Promise p = w->promise();
+  w->Queue();
+  return p;
+}
+
 Napi::Value Probe(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string what = info[0].As<Napi::String>().Utf8Value();
@@ -753,6 +830,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.DefineProperty(Napi::PropertyDescriptor::Accessor<CudaInfoGetter>("cuda", napi_enumerable));
   exports.Set("kernel", Napi::Function::New(env, Kernel, "kernel"));
   exports.Set("probe", Napi::Function::New(env, Probe, "probe"));
+  exports.Set("readFile", Napi::Function::New(env, ReadFile, "readFile"));
   exports.Set("fastKernels", Napi::Boolean::New(env, lx::fast::supported()));
   exports.Set("cpuBackend", Napi::String::New(env, lx::wide::supported() ? "cpu-avx512" : lx::fast::supported() ? "cpu-avx2" : "cpu-reference"));
   return exports;

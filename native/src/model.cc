@@ -268,27 +268,36 @@ Status Model::lora_load(int slot, const std::vector<LoraModuleIn>& modules) {
   }
   uint8_t* const host = staging ? staging.get() : buf<uint8_t>(s.storage);
   const uint8_t* dev = buf<uint8_t>(s.storage);
-  size_t at = 0;  // elements written so far
-  auto put = [&](size_t i, float v) {
-    if (s.dtype == DType::BF16) reinterpret_cast<uint16_t*>(host)[at + i] = f32_to_bf16(v);
-    else reinterpret_cast<float*>(host)[at + i] = v;
+  // Element runs converted in plain loops the compiler vectorises (a cold load converts millions of elements).
+  auto put_run = [&](size_t at, const float* src, size_t n) {
+    if (s.dtype == DType::BF16) {
+      uint16_t* d = reinterpret_cast<uint16_t*>(host) + at;
+      for (size_t i = 0; i < n; i++) d[i] = f32_to_bf16(src[i]);
+    } else {
+      std::memcpy(reinterpret_cast<float*>(host) + at, src, n * sizeof(float));
+    }
   };
+  std::vector<float> tile;
+  size_t at = 0;  // elements written so far
   for (const LoraModuleIn& mi : modules) {
-    const int di = d_in(mi.target), dout = d_out(mi.target);
+    const int di = d_in(mi.target), dout = d_out(mi.target), r = mi.rank;
     LoraMod& lm = s.mods[mi.layer < 0 ? s.mods.size() - 1 : size_t(mi.layer) * kNumTargets + mi.target];
-    lm.rank = mi.rank;
+    lm.rank = r;
     lm.scale = mi.scale;
     lm.A = dev + at * esz;
-    for (size_t i = 0; i < size_t(mi.rank) * di; i++) put(i, mi.a[i]);
-    at += size_t(mi.rank) * di;
-    // B [dout, rank] → Bt [rank, dout], in tiles of 64 outputs so reads and writes both stay in cache.
+    put_run(at, mi.a, size_t(r) * di);
+    at += size_t(r) * di;
+    // B [dout, rank] → Bt [rank, dout], 64 outputs at a time: transposed into an f32 tile that stays in cache,
+    // then each of its rank rows converted as one run.
     lm.Bt = dev + at * esz;
+    tile.resize(size_t(r) * 64);
     for (int o0 = 0; o0 < dout; o0 += 64) {
-      const int o1 = std::min(dout, o0 + 64);
-      for (int j = 0; j < mi.rank; j++)
-        for (int o = o0; o < o1; o++) put(size_t(j) * dout + o, mi.b[size_t(o) * mi.rank + j]);
+      const int n = std::min(dout, o0 + 64) - o0;
+      for (int o = 0; o < n; o++)
+        for (int j = 0; j < r; j++) tile[size_t(j) * 64 + o] = mi.b[size_t(o0 + o) * r + j];
+      for (int j = 0; j < r; j++) put_run(at + size_t(j) * dout + o0, tile.data() + size_t(j) * 64, n);
     }
-    at += size_t(mi.rank) * dout;
+    at += size_t(r) * dout;
   }
   if (staging) LX_TRY(be_->upload(s.storage.get(), staging.get(), bytes));
   s.bytes = bytes;

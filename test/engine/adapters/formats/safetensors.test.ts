@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { AdapterIncompatibleError } from "../../../../engine/src/errors.js";
 import { parseSafetensors, readSafetensorsFile } from "../../../../engine/src/adapters/formats/safetensors.js";
+import { readWholeFile } from "../../../../engine/src/adapters/formats/tensor.js";
 import { removeTempDirs, safetensors, tempDir } from "./writers.js";
 
 afterAll(removeTempDirs);
@@ -154,5 +155,25 @@ describe("parseSafetensors", () => {
     expect(Array.from((await readSafetensorsFile(path)).tensors.get("a")?.read() ?? [])).toEqual([1, 2]);
     writeFileSync(path, Buffer.alloc(3));
     await expect(readSafetensorsFile(path)).rejects.toThrow(`${path}: the file is 3 bytes`);
+  });
+});
+
+describe("readWholeFile (the addon's file read)", () => {
+  it("returns every byte of files of several sizes, including empty and not page-sized ones", async () => {
+    for (const size of [0, 1, 4095, 4096, 4097, 3 << 20]) {
+      const path = join(tempDir(), `f${size}.bin`);
+      const want = Buffer.alloc(size);
+      for (let i = 0; i < size; i++) want[i] = (i * 131 + (i >> 11)) & 255;
+      writeFileSync(path, want);
+      const got = await readWholeFile(path);
+      expect(got.length).toBe(size);
+      expect(got.equals(want)).toBe(true);
+    }
+  });
+
+  it("rejects a missing file or a directory with the path and the OS reason", async () => {
+    const dir = tempDir();
+    await expect(readWholeFile(join(dir, "nope.safetensors"))).rejects.toThrow(`cannot open ${join(dir, "nope.safetensors")}: No such file or directory`);
+    await expect(readWholeFile(dir)).rejects.toThrow(`cannot read ${dir}: Is a directory`);
   });
 });
