@@ -79,6 +79,8 @@ export interface StepBatch {
   wantHidden?: boolean;
   /** Every sampled row belongs to one group; default: a group of one per sampled row, no Medusa. */
   groups?: SampleGroup[];
+  /** Whole KV blocks to copy before the step (copy-on-write of shared blocks). */
+  blockCopies?: [from: number, to: number][];
   kvMoves?: [seq: number, from: number, to: number][];
   medusaK?: number;
 }
@@ -199,6 +201,7 @@ export class Backend {
       tokens, positions, kvIndex, seq, adapter, treeBase, treeMask, btOffsets, bt,
       outRows: Int32Array.from(b.outRows), rowI, rowF, rowSeed, penIds, penCounts, masks,
       nTop, wantLogits: b.wantLogits, wantHidden: b.wantHidden,
+      blockCopies: b.blockCopies?.length ? Int32Array.from(b.blockCopies.flat()) : undefined,
       kvMoves: b.kvMoves?.length ? Int32Array.from(b.kvMoves.flat()) : undefined,
       groups: Int32Array.from(groups.flatMap((g) => [g.first, g.n, g.medusa])),
       groupParents: Int32Array.from(groups.flatMap((g) => g.parents)),

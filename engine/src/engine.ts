@@ -469,7 +469,7 @@ export class Engine extends EventEmitter {
           this.adapters?.tick?.();
           continue;
         }
-        await this.runStep(plan.entries, plan.stats);
+        await this.runStep(plan.entries, plan.stats, plan.blockCopies);
       }
     } finally {
       this.running = false;
@@ -477,8 +477,8 @@ export class Engine extends EventEmitter {
     }
   }
 
-  private async runStep(entries: BatchEntry[], stats: StepStats): Promise<void> {
-    const batch: StepBatch = { tokens: [], sequences: [], outRows: [], rows: [], groups: [], kvMoves: [], medusaK: this.medusaK };
+  private async runStep(entries: BatchEntry[], stats: StepStats, blockCopies: [number, number][]): Promise<void> {
+    const batch: StepBatch = { tokens: [], sequences: [], outRows: [], rows: [], groups: [], blockCopies, kvMoves: [], medusaK: this.medusaK };
     const groupOf = new Map<Sequence, number>(); // group index of a sequence's sampled rows
     const promptRowsOf = new Map<Sequence, number>(); // first out-row index of a sequence's prompt rows
     entries.forEach((e, si) => {

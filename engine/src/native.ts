@@ -67,6 +67,7 @@ export interface NativeStepInput {
   nTop: number;
   wantLogits?: boolean;
   wantHidden?: boolean;
+  blockCopies?: Int32Array; // [C, 2]: (source block, destination block), copied first (copy-on-write)
   kvMoves?: Int32Array; // [M, 3]: (sequence, from KV index, to KV index), applied before the forward pass
   groups?: Int32Array; // [G, 3]: (first out row, nodes, medusa set or -1); every sampled row in one group
   groupParents?: Int32Array; // per group, n parents (root -1)

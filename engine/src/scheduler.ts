@@ -1,7 +1,8 @@
 // The continuous-batching scheduler: pure logic, no I/O. Each step it takes one decode token from every running
 // sequence plus prefill chunks of others within the token, row and KV budgets; admits waiting sequences by free
 // KV blocks; preempts the newest running sequence (recompute later) when blocks run out; forks the n sequences
-// of one prompt onto shared prompt blocks. Tokens, text and sampling belong to the engine.
+// of one prompt onto shared prompt blocks, copying a shared block before any of them writes it. Tokens, text
+// and sampling belong to the engine.
 import { BlockAllocator } from "./kv-blocks.js";
 import type { Draft } from "./speculation.js";
 
@@ -181,12 +182,38 @@ export class Scheduler {
     this.waiting.unshift(seq);
   }
 
+  /** Blocks of `seq` that KV positions [from, to) write and that other sequences still share. */
+  private sharedIn(seq: Sequence, from: number, to: number): number[] {
+    const bs = this.cfg.blockSize, out: number[] = [];
+    for (let b = Math.floor(from / bs); b <= Math.floor((to - 1) / bs) && b < seq.blocks.length; b++)
+      if (this.blocks.refCount(seq.blocks[b]) > 1) out.push(b);
+    return out;
+  }
+
+  /**
+   * Copy-on-write: `seq` gets its own copy of each shared block that positions [from, to) write (the copies run
+   * natively before the step). False, changing nothing, when the free pool cannot hold the copies.
+   */
+  private unshare(seq: Sequence, from: number, to: number, copies: [number, number][]): boolean {
+    const shared = this.sharedIn(seq, from, to);
+    if (shared.length === 0) return true;
+    const fresh = this.blocks.alloc(shared.length);
+    if (!fresh) return false;
+    shared.forEach((b, i) => {
+      copies.push([seq.blocks[b], fresh[i]]);
+      this.blocks.release([seq.blocks[b]]);
+      seq.blocks[b] = fresh[i];
+    });
+    return true;
+  }
+
   /** Builds the next step, or returns undefined when there is nothing to run. */
-  schedule(): { entries: BatchEntry[]; stats: StepStats } | undefined {
+  schedule(): { entries: BatchEntry[]; stats: StepStats; blockCopies: [number, number][] } | undefined {
     const { blockSize: bs } = this.cfg;
     for (const s of [...this.waiting, ...this.running]) if (s.cancelled) this.finish(s);
     let preempted = 0;
     const entries: BatchEntry[] = [];
+    const blockCopies: [number, number][] = [];
     const inStep = new Set<Sequence>();
     let tokens = 0, rows = 0;
 
@@ -200,8 +227,10 @@ export class Scheduler {
         seq.draft = undefined;
         count = 1;
       }
-      const need = this.blocksFor(seq.computed + count) - seq.blocks.length;
-      while (need > 0 && this.blocks.freeCount < need) {
+      const grow = this.blocksFor(seq.computed + count) - seq.blocks.length;
+      // Blocks for growth and for copies of shared blocks it writes (preempting a sibling may unshare them).
+      const need = () => grow + this.sharedIn(seq, seq.computed, seq.computed + count).length;
+      while (need() > 0 && this.blocks.freeCount < need()) {
         const victim = [...this.running].reverse().find((s) => !inStep.has(s));
         if (!victim) break;
         this.preempt(victim);
@@ -209,11 +238,9 @@ export class Scheduler {
         if (victim === seq) break;
       }
       if (seq.state !== "running") continue;
-      if (need > 0) {
-        const got = this.blocks.alloc(need);
-        if (!got) continue; // every other sequence is already in this step: wait for the next one
-        seq.blocks.push(...got);
-      }
+      if (this.blocks.freeCount < need()) continue; // every other sequence is already in this step: wait for the next one
+      if (grow > 0) seq.blocks.push(...this.blocks.alloc(grow)!);
+      this.unshare(seq, seq.computed, seq.computed + count, blockCopies);
       entries.push({ seq, start: seq.computed, count, sample: true, promptRows: 0 });
       inStep.add(seq);
       tokens += count;
@@ -234,12 +261,14 @@ export class Scheduler {
       const promptRows = wantsPromptRows ? Math.max(0, Math.min(seq.computed + count, seq.promptLen - 1) - seq.computed) : 0;
       return { seq, start: seq.computed, count, sample, promptRows };
     };
-    const take = (e: BatchEntry) => {
+    const take = (e: BatchEntry): boolean => {
+      if (!this.unshare(e.seq, e.start, e.start + e.count, blockCopies)) return false;
       entries.push(e);
       inStep.add(e.seq);
       tokens += e.count;
       prefill += e.count;
       rows += e.promptRows + (e.sample ? 1 : 0);
+      return true;
     };
     for (const seq of this.running) {
       if (inStep.has(seq) || seq.computed >= seq.tokens.length) continue;
@@ -256,7 +285,7 @@ export class Scheduler {
       const skipped: Sequence[] = [];
       while (this.waiting.length > 0 && prefill < this.cfg.maxBatchPrefillTokens && tokens < this.cfg.maxStepTokens) {
         const seq = this.waiting[0];
-        const need = this.blocksFor(seq.tokens.length) - seq.blocks.length;
+        const need = this.blocksFor(seq.tokens.length) - seq.blocks.length + this.sharedIn(seq, seq.computed, seq.tokens.length).length;
         if (need > this.blocks.freeCount || kvHeld + seq.tokens.length > this.cfg.maxBatchTotalTokens) break;
         if (!this.gate.acquire(seq)) {
           // Its adapter is not ready: let the next request go first, keep this one's place.
@@ -264,15 +293,14 @@ export class Scheduler {
           continue;
         }
         this.waiting.shift();
-        seq.blocks.push(...this.blocks.alloc(need)!);
+        seq.blocks.push(...this.blocks.alloc(this.blocksFor(seq.tokens.length) - seq.blocks.length)!);
         seq.state = "running";
         seq.admitOrder = ++this.admitCounter;
         seq.firstScheduledAt ??= Date.now();
         this.running.push(seq);
         kvHeld += seq.tokens.length;
         const e = chunkOf(seq);
-        if (e) take(e);
-        else break;
+        if (!e || !take(e)) break;
       }
       this.waiting.unshift(...skipped);
       this.stepsSinceAdmit = 0;
@@ -283,6 +311,7 @@ export class Scheduler {
     if (entries.length === 0) return undefined;
     return {
       entries,
+      blockCopies,
       stats: {
         batchSize: entries.length,
         decodeTokens: entries.filter((e) => e.start >= e.seq.promptLen).length,
@@ -317,20 +346,32 @@ export class Scheduler {
     }
   }
 
+  /**
+   * The children share every block of the prompt's KV, the last partial one included, and join the running
+   * batch at once (they are preemptable like any other, and a waiting sequence never holds blocks); each
+   * recomputes only the last prompt token, whose logits sample its own first token, and that write copies the
+   * block it lands in. A child whose adapter cannot be pinned now waits with no blocks and recomputes the prompt.
+   */
   private fork(parent: Sequence): void {
-    const shared = Math.floor((parent.promptLen - 1) / this.cfg.blockSize);
-    const share = parent.blocks.slice(0, shared);
+    const share = parent.blocks.slice(0, this.blocksFor(parent.promptLen));
     for (const c of parent.children) {
       if (c.state !== "held") continue;
       if (c.cancelled) {
         c.state = "finished";
         continue;
       }
+      if (!this.gate.acquire(c)) {
+        c.state = "waiting";
+        this.waiting.unshift(c);
+        continue;
+      }
       this.blocks.share(share);
       c.blocks = share.slice();
-      c.computed = shared * this.cfg.blockSize;
-      c.state = "waiting";
-      this.waiting.unshift(c);
+      c.computed = parent.promptLen - 1;
+      c.state = "running";
+      c.admitOrder = ++this.admitCounter;
+      c.firstScheduledAt ??= Date.now();
+      this.running.push(c);
     }
     parent.children = [];
   }

@@ -105,7 +105,7 @@ class StepWorker : public Napi::AsyncWorker {
 
   // Copies of the inputs: the step runs after JavaScript has moved on.
   std::vector<int32_t> tokens, positions, kv_index, seq, adapter, tree_base, bt_offsets, bt, out_rows, row_i, pen_ids,
-      pen_counts, kv_moves, groups, group_parents;
+      pen_counts, block_copies, kv_moves, groups, group_parents;
   int medusa_k = 1;
   std::vector<uint64_t> tree_mask, row_seed;
   std::vector<float> row_f;
@@ -230,6 +230,9 @@ class StepWorker : public Napi::AsyncWorker {
                                std::to_string(sr.temperature) + ", top_p " + std::to_string(sr.top_p) + ", typical_p " +
                                std::to_string(sr.typical_p) + ", repetition_penalty " + std::to_string(sr.repetition_penalty) + ")");
     }
+    if (block_copies.size() % 2 != 0) return Status::Invalid("'blockCopies' must hold (source, destination) block pairs");
+    in.block_copies = block_copies.data();
+    in.n_copies = int(block_copies.size() / 2);
     if (kv_moves.size() % 3 != 0) return Status::Invalid("'kvMoves' must hold (sequence, from, to) triples");
     in.kv_moves = kv_moves.data();
     in.n_moves = int(kv_moves.size() / 3);
@@ -288,6 +291,7 @@ Napi::Value Step(const Napi::CallbackInfo& info) {
     w->pen_counts = I32(o, "penCounts", true);
     w->masks = copy_array<uint32_t, Napi::Uint32Array>(env, o.Get("masks"), "masks", true);
     w->n_top = std::max(0, std::min(get_int(o, "nTop", 0), 64));
+    w->block_copies = I32(o, "blockCopies", true);
     w->kv_moves = I32(o, "kvMoves", true);
     w->groups = I32(o, "groups", true);
     w->group_parents = I32(o, "groupParents", true);

@@ -443,6 +443,9 @@ Status Model::step(StepInput& in, StepOutput* out) {
         return Status::Invalid("block id " + std::to_string(in.bt[i]) + " out of range [0, " + std::to_string(kv_blocks_) + ")");
   for (int r = 0; r < R; r++)
     if (in.out_rows[r] < 0 || in.out_rows[r] >= T) return Status::Invalid("output row " + std::to_string(in.out_rows[r]) + " out of range");
+  for (int i = 0; i < in.n_copies * 2; i++)
+    if (in.block_copies[i] < 0 || in.block_copies[i] >= kv_blocks_)
+      return Status::Invalid("block copy names block " + std::to_string(in.block_copies[i]) + ", outside [0, " + std::to_string(kv_blocks_) + ")");
   for (int i = 0; i < in.n_moves; i++) {
     const int s = in.kv_moves[i * 3], f = in.kv_moves[i * 3 + 1], d = in.kv_moves[i * 3 + 2];
     if (s < 0 || s >= in.S) return Status::Invalid("KV move names sequence " + std::to_string(s));
@@ -500,7 +503,22 @@ Status Model::step(StepInput& in, StepOutput* out) {
   float* kv = buf<float>(kv_);
   std::vector<int64_t> dst_off, src_off;
   const int64_t *dst_p, *src_p;
-  // KV moves first (compaction of accepted speculative tokens): they read slots this step may overwrite.
+  // Block copies first (copy-on-write of a block several sequences shared), then KV moves (compaction of
+  // accepted speculative tokens): both read slots this step may overwrite. A block is n_kv·bs·hd contiguous
+  // floats in each layer's K and V.
+  if (in.n_copies > 0) {
+    const int64_t blk = int64_t(c.n_kv) * bs * hd;
+    dst_off.clear();
+    src_off.clear();
+    for (int l = 0; l < 2 * c.n_layers; l++)
+      for (int i = 0; i < in.n_copies; i++) {
+        src_off.push_back(int64_t(per_layer) * l + in.block_copies[i * 2] * blk);
+        dst_off.push_back(int64_t(per_layer) * l + in.block_copies[i * 2 + 1] * blk);
+      }
+    LX_TRY(stage(dst_off.data(), dst_off.size(), &dst_p));
+    LX_TRY(stage(src_off.data(), src_off.size(), &src_p));
+    be_->copy_rows(kv, dst_p, kv, src_p, int(dst_off.size()), int(blk));
+  }
   for (int i = 0; i < in.n_moves; i++) {
     const int32_t* tbl = in.bt + in.bt_offsets[in.kv_moves[i * 3]];
     const int f = in.kv_moves[i * 3 + 1], d = in.kv_moves[i * 3 + 2];

@@ -66,7 +66,9 @@ struct StepInput {
   int n_top = 0;                      // top alternatives per row in the output
   bool want_logits = false;
   bool want_hidden = false;           // final-normed hidden states of out rows
-  const int32_t* kv_moves = nullptr;  // [n_moves, 3]: (sequence, from KV index, to KV index), applied first
+  const int32_t* block_copies = nullptr;  // [n_copies, 2]: (source block, destination block), applied first
+  int n_copies = 0;
+  const int32_t* kv_moves = nullptr;  // [n_moves, 3]: (sequence, from KV index, to KV index), applied next
   int n_moves = 0;
   // Sampling groups: every sampled row belongs to one. A group of n > 1 is a speculative tree over out rows
   // [first, first+n) (node 0 the root) verified together; medusa >= 0 drafts the next tree with that set.

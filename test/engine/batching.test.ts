@@ -89,14 +89,22 @@ describe("n sequences share the prompt", () => {
   it("n = 4 with a 500-token prompt holds the prompt's blocks once", async () => {
     const engine = await tinyEngine(MODEL, { maxBatchPrefillTokens: 512 });
     const prompt = Array.from({ length: 500 }, (_, i) => 100 + ((i * 37) % 20000));
-    let peak = 0;
-    engine.on("step", (e: { stats: { kvUsedBlocks: number } }) => (peak = Math.max(peak, e.stats.kvUsedBlocks)));
+    let peak = 0, prefilled = 0;
+    const onStep = (e: { stats: { kvUsedBlocks: number; prefillTokens: number } }) => {
+      peak = Math.max(peak, e.stats.kvUsedBlocks);
+      prefilled += e.stats.prefillTokens;
+    };
+    engine.on("step", onStep);
     const res = await collect(engine.generate({ prompt, params: greedy(8, { doSample: true, seed: 3n }), n: 4 }));
+    engine.off("step", onStep);
     expect(res.ids).toHaveLength(4);
     const promptBlocks = Math.ceil(500 / 16); // 32
-    // Shared: 31 full prompt blocks once, plus each sequence's own last block(s): far below 4 × 32.
+    // Shared: 31 full prompt blocks once, plus each sequence's own copy of the last block (copy-on-write) and
+    // the block it grows into: far below 4 × 32.
     expect(peak).toBeLessThanOrEqual(promptBlocks + 4 * 2);
     expect(peak).toBeGreaterThanOrEqual(promptBlocks);
+    // The prompt is computed once; each other sequence recomputes only its last token (for its first sample).
+    expect(prefilled).toBe(500 + 3);
     // The four equal four separate runs with seeds 3..6.
     for (let i = 0; i < 4; i++) expect(res.ids[i]).toEqual((await collect(engine.generate({ prompt, params: greedy(8, { doSample: true, seed: BigInt(3 + i) }) }))).ids[0]);
     expect(engine.scheduler.blocks.usedCount).toBe(0);

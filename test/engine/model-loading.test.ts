@@ -100,12 +100,14 @@ describe("native step refuses bad input and keeps working", () => {
     sample: true, doSample: false, temperature: 1, topK: 0, topP: 1, typicalP: 1, minP: 0, repetitionPenalty: 1,
     presencePenalty: 0, frequencyPenalty: 0, seed: 0n, step: 0, nTop: 0, target: -1,
   };
-  const step = (tokens: number[], blockTable = [0, 1], extra: { position?: number; kvIndex?: number } = {}) =>
+  const step = (tokens: number[], blockTable = [0, 1], extra: { position?: number; kvIndex?: number; blockCopies?: [number, number][]; wantLogits?: boolean } = {}) =>
     be.step({
-      tokens: tokens.map((t, i) => ({ token: t, position: extra.position ?? i, seq: 0, adapterSlot: -1, kvIndex: extra.kvIndex })),
+      tokens: tokens.map((t, i) => ({ token: t, position: (extra.position ?? 0) + i, seq: 0, adapterSlot: -1, kvIndex: extra.kvIndex })),
       sequences: [{ blockTable }],
       outRows: [tokens.length - 1],
       rows: [row],
+      blockCopies: extra.blockCopies,
+      wantLogits: extra.wantLogits,
     });
 
   it.each([
@@ -113,6 +115,7 @@ describe("native step refuses bad input and keeps working", () => {
     ["a negative token id", () => step([-3]), /token id -3 at row 0 is out of range/],
     ["a KV index beyond the block table", () => step([5], [0], { position: 8 }), /writes KV index 8 but its sequence holds 1 blocks of 8/],
     ["a block id out of range", () => step([5], [1000]), /block id 1000 out of range/],
+    ["a block copy naming a block out of range", () => step([5], [0], { blockCopies: [[0, 5000]] }), /block copy names block 5000, outside \[0, \d+\)/],
     ["more tokens than the step buffers", () => step(new Array(40).fill(3), [0, 1, 2, 3, 4]), /step has 40 tokens, allowed 1..32/],
   ])("%s", async (_n, run, message) => {
     const err = await run().catch((e) => e);
@@ -121,5 +124,18 @@ describe("native step refuses bad input and keeps working", () => {
     expect(err.message).toMatch(message);
     const ok = await step([1, 2, 3]);
     expect(ok.tokens[0]).toBeGreaterThanOrEqual(0);
+  });
+
+  it("copies whole KV blocks before the step: a decode over the copies equals one over the originals", async () => {
+    const prompt = [5, 9, 13, 17, 21, 25, 29, 33, 37, 41]; // blocks of 8: the second holds two tokens
+    await step(prompt, [0, 1]);
+    const onOriginals = await step([7], [0, 1], { position: prompt.length, wantLogits: true });
+    // Copy both blocks elsewhere, then decode the same token over the copies at the same position.
+    const onCopies = await step([7], [4, 5], { position: prompt.length, wantLogits: true, blockCopies: [[0, 4], [1, 5]] });
+    expect(Array.from(onCopies.logits!)).toEqual(Array.from(onOriginals.logits!));
+    // Without the copies those blocks hold something else, and the logits differ.
+    await step([3, 3, 3, 3, 3, 3, 3, 3, 3, 3], [6, 7]);
+    const unrelated = await step([7], [6, 7], { position: prompt.length, wantLogits: true });
+    expect(Array.from(unrelated.logits!)).not.toEqual(Array.from(onOriginals.logits!));
   });
 });
