@@ -13,6 +13,8 @@
 #include <cmath>
 #include <map>
 #include <numeric>
+#include <system_error>
+#include <thread>
 
 namespace lx {
 
@@ -277,28 +279,51 @@ Status Model::lora_load(int slot, const std::vector<LoraModuleIn>& modules) {
       std::memcpy(reinterpret_cast<float*>(host) + at, src, n * sizeof(float));
     }
   };
-  std::vector<float> tile;
-  size_t at = 0;  // elements written so far
-  for (const LoraModuleIn& mi : modules) {
-    const int di = d_in(mi.target), dout = d_out(mi.target), r = mi.rank;
+  // Where each module's A and Bt start (elements), so that modules convert independently.
+  std::vector<size_t> start(modules.size() + 1, 0);
+  for (size_t m = 0; m < modules.size(); m++)
+    start[m + 1] = start[m] + size_t(modules[m].rank) * (d_in(modules[m].target) + d_out(modules[m].target));
+  for (size_t m = 0; m < modules.size(); m++) {
+    const LoraModuleIn& mi = modules[m];
     LoraMod& lm = s.mods[mi.layer < 0 ? s.mods.size() - 1 : size_t(mi.layer) * kNumTargets + mi.target];
-    lm.rank = r;
+    lm.rank = mi.rank;
     lm.scale = mi.scale;
-    lm.A = dev + at * esz;
-    put_run(at, mi.a, size_t(r) * di);
-    at += size_t(r) * di;
-    // B [dout, rank] → Bt [rank, dout], 64 outputs at a time: transposed into an f32 tile that stays in cache,
-    // then each of its rank rows converted as one run.
-    lm.Bt = dev + at * esz;
-    tile.resize(size_t(r) * 64);
-    for (int o0 = 0; o0 < dout; o0 += 64) {
-      const int n = std::min(dout, o0 + 64) - o0;
-      for (int o = 0; o < n; o++)
-        for (int j = 0; j < r; j++) tile[size_t(j) * 64 + o] = mi.b[size_t(o0 + o) * r + j];
-      for (int j = 0; j < r; j++) put_run(at + size_t(j) * dout + o0, tile.data() + size_t(j) * 64, n);
-    }
-    at += size_t(r) * dout;
+    lm.A = dev + start[m] * esz;
+    lm.Bt = dev + (start[m] + size_t(mi.rank) * d_in(mi.target)) * esz;
   }
+  auto convert = [&](size_t m0, size_t m1) {
+    std::vector<float> tile;
+    for (size_t m = m0; m < m1; m++) {
+      const LoraModuleIn& mi = modules[m];
+      const int di = d_in(mi.target), dout = d_out(mi.target), r = mi.rank;
+      put_run(start[m], mi.a, size_t(r) * di);
+      // B [dout, rank] → Bt [rank, dout], 64 outputs at a time: transposed into an f32 tile that stays in
+      // cache, then each of its rank rows converted as one run.
+      const size_t at = start[m] + size_t(r) * di;
+      tile.resize(size_t(r) * 64);
+      for (int o0 = 0; o0 < dout; o0 += 64) {
+        const int n = std::min(dout, o0 + 64) - o0;
+        for (int o = 0; o < n; o++)
+          for (int j = 0; j < r; j++) tile[size_t(j) * 64 + o] = mi.b[size_t(o0 + o) * r + j];
+        for (int j = 0; j < r; j++) put_run(at + size_t(j) * dout + o0, tile.data() + size_t(j) * 64, n);
+      }
+    }
+  };
+  // Large adapters convert on two threads (this worker and one helper), split by elements: a cold load is
+  // page-fault and conversion bound, and the step thread pool may be busy with a step meanwhile.
+  size_t split = modules.size();
+  if (floats >= (size_t(1) << 18) && std::thread::hardware_concurrency() > 1)
+    split = size_t(std::lower_bound(start.begin(), start.end(), floats / 2) - start.begin());
+  std::thread helper;
+  if (split < modules.size()) {
+    try {
+      helper = std::thread(convert, split, modules.size());
+    } catch (const std::system_error&) {
+      split = modules.size();  // no thread to be had: do it all here
+    }
+  }
+  convert(0, split);
+  if (helper.joinable()) helper.join();
   if (staging) LX_TRY(be_->upload(s.storage.get(), staging.get(), bytes));
   s.bytes = bytes;
   s.used = true;

@@ -159,8 +159,8 @@ describe("parseSafetensors", () => {
 });
 
 describe("readWholeFile (the addon's file read)", () => {
-  it("returns every byte of files of several sizes, including empty and not page-sized ones", async () => {
-    for (const size of [0, 1, 4095, 4096, 4097, 3 << 20]) {
+  it("returns every byte of files of several sizes: empty, not page-sized, and large enough to read in two halves", async () => {
+    for (const size of [0, 1, 4095, 4096, 4097, 3 << 20, (9 << 20) + 4097]) {
       const path = join(tempDir(), `f${size}.bin`);
       const want = Buffer.alloc(size);
       for (let i = 0; i < size; i++) want[i] = (i * 131 + (i >> 11)) & 255;
