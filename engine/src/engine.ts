@@ -10,7 +10,7 @@ import { CancelledError, LoraserveError, OverloadedError, ValidationError } from
 import type { ModelSpec } from "./model/config.js";
 import { PenaltyState, usesPenalties, validateSampling, type SamplingParams } from "./sampling.js";
 import { Scheduler, Sequence, type AdapterGate, type BatchEntry, type StepStats } from "./scheduler.js";
-import { lookupDraft, medusaDraft, medusaTreeShape, pathOf, shapeTopK, treeMasks, type Draft, type TreeShape } from "./speculation.js";
+import { TreeSizer, lookupDraft, medusaDraft, medusaTreeShape, pathOf, shapeTopK, treeMasks, type Draft, type TreeShape } from "./speculation.js";
 import { StopMatcher } from "./stop.js";
 import { IncrementalDecoder, Tokenizer, type ChatMessage } from "./tokenizer.js";
 import { compileResponseFormat, GrammarVocab, vocabInputFromTokenizerJson, type CompiledGrammar, type GrammarMatcher, type ResponseFormat } from "./structured/index.js";
@@ -51,8 +51,10 @@ export interface EngineOptions extends Omit<BackendOptions, "loraSlots" | "loraM
   loraMaxRank?: number;
   /** Prompt-lookup speculation depth when no Medusa heads apply (0 = off). */
   speculativeTokens?: number;
-  /** Nodes in a Medusa candidate tree. */
+  /** Most nodes in a Medusa candidate tree (default 8). */
   medusaTreeSize?: number;
+  /** Propose every node each step, rather than the number that measured cost and acceptance favour. */
+  medusaFixedTree?: boolean;
 }
 
 export interface TopToken {
@@ -389,6 +391,9 @@ export class Engine extends EventEmitter {
   private defaultMedusa?: { set: number; heads: number };
   private medusaShape?: TreeShape;
   private medusaK = 1;
+  /** How many nodes of medusaShape the next step proposes, and whether it runs the heads. */
+  private treeSizer?: TreeSizer;
+  private medusaHeadsOn = true;
   /** Draft tokens proposed and accepted, and verification steps, since start (for /metrics). */
   specProposed = 0;
   specAccepted = 0;
@@ -399,6 +404,7 @@ export class Engine extends EventEmitter {
     this.defaultMedusa = { set, heads };
     this.medusaShape = medusaTreeShape(heads, this.opts.medusaTreeSize ?? 8);
     this.medusaK = shapeTopK(this.medusaShape);
+    this.treeSizer = this.opts.medusaFixedTree ? undefined : new TreeSizer(this.medusaShape.length);
   }
 
   get medusaHeads(): number | undefined {
@@ -477,7 +483,11 @@ export class Engine extends EventEmitter {
     }
   }
 
+  /** Medusa tree sizes chosen, by size, since start (for /metrics and the bench). */
+  readonly treeSizes = new Map<number, number>();
+
   private async runStep(entries: BatchEntry[], stats: StepStats, blockCopies: [number, number][]): Promise<void> {
+    const started = performance.now();
     const batch: StepBatch = { tokens: [], sequences: [], outRows: [], rows: [], groups: [], blockCopies, kvMoves: [], medusaK: this.medusaK };
     const groupOf = new Map<Sequence, number>(); // group index of a sequence's sampled rows
     const promptRowsOf = new Map<Sequence, number>(); // first out-row index of a sequence's prompt rows
@@ -519,7 +529,7 @@ export class Engine extends EventEmitter {
         this.specProposed += draft.tokens.length;
       }
       groupOf.set(seq, batch.groups!.length);
-      batch.groups!.push({ first, n: parents.length, parents, medusa: out.spec?.medusa ?? -1 });
+      batch.groups!.push({ first, n: parents.length, parents, medusa: this.medusaHeadsOn ? (out.spec?.medusa ?? -1) : -1 });
     });
     let result;
     try {
@@ -541,6 +551,7 @@ export class Engine extends EventEmitter {
 
     // What each sequence gains: accepted draft tokens then the bonus token; KV then reaches root + accepted + 1.
     const gained = new Map<Sequence, { tokens: number[]; computed?: number; logprobs: number[]; rows: number[] }>();
+    const medusaNext: [Sequence, number][] = []; // sequences that draft with Medusa next step, and their group
     const nTop = result.topIds.length / Math.max(1, batch.outRows.length);
     for (const [seq, g] of groupOf) {
       if (!this.outs.has(seq) || seq.cancelled) continue;
@@ -564,18 +575,28 @@ export class Engine extends EventEmitter {
       if (draft) {
         this.specAccepted += a;
         this.specSteps++;
+        const accepted: number[] = [];
         for (let j = 0; j < a; j++) {
           const node = result.path[g * result.maxNodes + j];
+          accepted.push(node);
           if (node !== j + 1) seq.kvMoves.push([root + node, root + j + 1]);
         }
+        if (draft.shapeIndex) this.treeSizer?.observeDraft(draft.shapeIndex, accepted);
       }
       gained.set(seq, { tokens, computed: root + 1 + a, logprobs, rows });
       seq.draft = undefined;
       const out = this.outs.get(seq)!;
-      if (out.spec?.medusa !== undefined && result.medusaHeads > 0) {
-        const k = this.medusaK;
-        seq.draft = medusaDraft(this.medusaShape!, result.medusaIds.subarray(g * result.medusaHeads * k, (g + 1) * result.medusaHeads * k), result.medusaHeads, k);
-      }
+      if (out.spec?.medusa !== undefined) medusaNext.push([seq, g]);
+    }
+    // The next step's Medusa drafts: as many nodes of the tree as pay for themselves now (maybe none).
+    if (medusaNext.length > 0) {
+      const plan = this.treeSizer?.plan(medusaNext.length, entries.length - medusaNext.length, result.medusaHeads > 0) ?? { size: result.medusaHeads > 0 ? this.medusaShape!.length : 0, heads: true };
+      this.medusaHeadsOn = plan.heads;
+      this.treeSizes.set(plan.size, (this.treeSizes.get(plan.size) ?? 0) + 1);
+      const k = this.medusaK, shape = this.medusaShape!.slice(0, plan.size);
+      if (plan.size > 0)
+        for (const [seq, g] of medusaNext)
+          seq.draft = medusaDraft(shape, result.medusaIds.subarray(g * result.medusaHeads * k, (g + 1) * result.medusaHeads * k), result.medusaHeads, k);
     }
     this.scheduler.commit(entries, gained);
 
@@ -595,11 +616,13 @@ export class Engine extends EventEmitter {
       if (!out.done && out.spec?.lookup) seq.draft = lookupDraft(seq.tokens, out.spec.lookup);
       if (!out.done && seq.draft && out.constraint) seq.draft = this.grammarDraft(out.constraint, seq.draft);
     }
+    // The cost side of the tree size: wall time of pure decode steps (engine work included) by token count.
+    if (stats.prefillTokens === 0) this.treeSizer?.observeStep(batch.tokens.length, result.micros / 1e3, result.medusaHeads > 0 ? result.medusaMicros / 1e3 : 0, performance.now() - started);
   }
 
   /** The draft without the nodes the grammar would refuse (and their subtrees), renumbered. */
   private grammarDraft(c: TokenConstraint, d: Draft): Draft | undefined {
-    const keep: Draft = { tokens: [], parents: [], depths: [] };
+    const keep: Draft = { tokens: [], parents: [], depths: [], shapeIndex: d.shapeIndex ? [] : undefined };
     const newIndex = new Map<number, number>([[0, 0]]);
     const mask = new Uint32Array(this.vocabWords);
     for (let i = 0; i < d.tokens.length; i++) {
@@ -610,6 +633,7 @@ export class Engine extends EventEmitter {
       keep.tokens.push(d.tokens[i]);
       keep.parents.push(parent);
       keep.depths.push(d.depths[i]);
+      keep.shapeIndex?.push(d.shapeIndex![i]);
       newIndex.set(i + 1, keep.tokens.length);
     }
     return keep.tokens.length ? keep : undefined;

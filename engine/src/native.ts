@@ -92,6 +92,8 @@ export interface NativeStepOutput {
   medusaHeads: number;
   medusaIds: Int32Array; // [G, medusaHeads, medusaK]
   micros: number;
+  /** Of micros, the Medusa heads' (0 when none ran). */
+  medusaMicros: number;
 }
 
 export interface NativeMedusa {

@@ -1,12 +1,15 @@
-// Drafting for speculative decoding: Medusa candidate trees (a sparse tree over each head's top-k tokens,
-// laid out breadth-first so ancestors come first) and prompt-lookup chains (tokens that followed the latest
-// n-gram earlier in the prompt or output). Verification happens natively; KV compaction is described here.
+// Drafting for speculative decoding: Medusa candidate trees (a sparse tree over each head's top-k tokens, its
+// paths in the order they were chosen so ancestors come first and every prefix is a smaller tree), the tree
+// size each step should propose (TreeSizer), and prompt-lookup chains (tokens that followed the latest n-gram
+// earlier in the prompt or output). Verification happens natively; KV compaction is described here.
 
 /** Draft nodes 1..M (node 0 is the root: the last committed token). */
 export interface Draft {
   tokens: number[]; // [M]
   parents: number[]; // [M] parent node index (0 = root)
   depths: number[]; // [M] ≥ 1
+  /** Medusa drafts: each node's index in the tree shape (for acceptance statistics). */
+  shapeIndex?: number[]; // [M]
 }
 
 /** A tree topology: for each node, its path of candidate ranks (rank r at depth d = head d-1's r-th token). */
@@ -14,7 +17,8 @@ export type TreeShape = number[][];
 
 /**
  * The `size` most promising paths, assuming a head's r-th candidate is right with probability ∝ 1/(r+1)²
- * and each deeper head is less accurate. Breadth-first order, so a node's parent is always before it.
+ * and each deeper head is less accurate, in the order they were chosen: a node's parent is always before it,
+ * and the first n paths are the best tree of n nodes.
  */
 export function medusaTreeShape(heads: number, size: number): TreeShape {
   const rankP = (r: number) => 1 / ((r + 1) * (r + 1));
@@ -37,7 +41,7 @@ export function medusaTreeShape(heads: number, size: number): TreeShape {
       frontier.push({ path: p, score: best.score * (p.length > d ? rankP(0) * depthP(d) : rankP(last + 1) / rankP(last)) });
     }
   }
-  return chosen.map((c) => c.path).sort((a, b) => a.length - b.length || key(a).localeCompare(key(b)));
+  return chosen.map((c) => c.path);
 }
 
 /** Candidates per head a shape needs. */
@@ -47,10 +51,10 @@ export function shapeTopK(shape: TreeShape): number {
 
 /** The draft for one sequence from Medusa candidates ([heads, k] ids); duplicate siblings are dropped. */
 export function medusaDraft(shape: TreeShape, ids: Int32Array, heads: number, k: number): Draft {
-  const d: Draft = { tokens: [], parents: [], depths: [] };
+  const d: Draft = { tokens: [], parents: [], depths: [], shapeIndex: [] };
   const nodeOf = new Map<string, number>([["", 0]]);
   const siblings = new Map<number, Set<number>>();
-  for (const path of shape) {
+  for (const [index, path] of shape.entries()) {
     const depth = path.length;
     if (depth > heads) continue;
     const parent = nodeOf.get(path.slice(0, -1).join(","));
@@ -63,9 +67,120 @@ export function medusaDraft(shape: TreeShape, ids: Int32Array, heads: number, k:
     d.tokens.push(token);
     d.parents.push(parent);
     d.depths.push(depth);
+    d.shapeIndex!.push(index);
     nodeOf.set(path.join(","), d.tokens.length);
   }
   return d;
+}
+
+/**
+ * Chooses how many nodes of the Medusa tree the next step proposes: the prefix size n that maximises tokens
+ * gained per millisecond of step. Two measurements feed it. Each tree path's acceptance rate (how often it was
+ * on the accepted path when proposed, decayed so it follows the text) gives a sequence's expected gain with n
+ * nodes, 1 + the sum of the first n rates. The model's time for pure decode steps by their token count, the
+ * heads' time (which a step of size 0 can skip) and the engine's own time per step give the cost of a step with
+ * n nodes per speculating sequence. A large model on a CPU is memory bound, and verifying a few more tokens
+ * costs little; a small one is compute bound, and every node costs nearly a token. Times are tracked by an
+ * average that falls faster than it rises (so one slow step on a busy machine does not rule a size out), and
+ * every `explore`-th step tries a size next to the best (two larger, or one smaller) to keep both measured.
+ */
+export class TreeSizer {
+  private readonly proposed: Float64Array;
+  private readonly accepted: Float64Array;
+  private readonly cost = new Map<number, number>(); // step tokens → the model's ms (heads excluded)
+  private heads?: number; // the heads' ms per step
+  private overhead = 0; // the engine's ms per step outside the native call
+  private steps = 0;
+
+  constructor(
+    readonly maxSize: number,
+    private readonly explore = 16,
+    private readonly decay = 0.99,
+  ) {
+    this.proposed = new Float64Array(maxSize);
+    this.accepted = new Float64Array(maxSize);
+  }
+
+  /** A pure decode step of `tokens` tokens: `nativeMs` in the addon, of which `headsMs` the heads (0: none ran). */
+  observeStep(tokens: number, nativeMs: number, headsMs: number, wallMs: number): void {
+    this.cost.set(tokens, track(this.cost.get(tokens), nativeMs - headsMs));
+    if (headsMs > 0) this.heads = track(this.heads, headsMs);
+    this.overhead = track(this.overhead, Math.max(0, wallMs - nativeMs));
+  }
+
+  /** A verified draft: the shape index of each proposed node, and the accepted draft nodes (1-based). */
+  observeDraft(shapeIndex: readonly number[], acceptedNodes: readonly number[]): void {
+    for (const i of shapeIndex) {
+      this.proposed[i] = this.proposed[i] * this.decay + 1;
+      this.accepted[i] *= this.decay;
+    }
+    for (const node of acceptedNodes) this.accepted[shapeIndex[node - 1]] += 1;
+  }
+
+  /** Tokens a sequence is expected to gain per step with the first n nodes (an unmeasured path counts ½). */
+  expectedGain(n: number): number {
+    let e = 1;
+    for (let i = 0; i < n; i++) e += (this.accepted[i] + 0.5) / (this.proposed[i] + 1);
+    return e;
+  }
+
+  /**
+   * Smoothed ms of a decode step of T tokens, engine time included: measured, else interpolated between
+   * measurements, else extrapolated above them; undefined below every measurement or with only one (to be tried).
+   */
+  stepCost(T: number, heads: boolean): number | undefined {
+    const c = this.modelCost(T);
+    if (c === undefined || (heads && this.heads === undefined)) return undefined;
+    return c + (heads ? this.heads! : 0) + this.overhead;
+  }
+
+  private modelCost(T: number): number | undefined {
+    const table = this.cost, exact = table.get(T);
+    if (exact !== undefined) return exact;
+    let lo: [number, number] | undefined, hi: [number, number] | undefined, top: [number, number] | undefined, next: [number, number] | undefined;
+    for (const [t, c] of table) {
+      if (t < T && (!lo || t > lo[0])) lo = [t, c];
+      if (t > T && (!hi || t < hi[0])) hi = [t, c];
+      if (!top || t > top[0]) (next = top), (top = [t, c]);
+      else if (!next || t > next[0]) next = [t, c];
+    }
+    if (lo && hi) return lo[1] + ((hi[1] - lo[1]) * (T - lo[0])) / (hi[0] - lo[0]);
+    if (!lo || !top || !next) return undefined;
+    return top[1] + (Math.max(0, top[1] - next[1]) * (T - top[0])) / (top[0] - next[0]);
+  }
+
+  /** The size that maximises tokens per ms now; the smallest size whose cost was never measured comes first. */
+  best(spec: number, other: number): number {
+    let best = 0, bestRate = -Infinity;
+    for (let n = 0; n <= this.maxSize; n++) {
+      const c = this.stepCost(other + spec * (1 + n), n > 0);
+      if (c === undefined) return n; // never measured: find out
+      const rate = (other + spec * this.expectedGain(n)) / c;
+      if (rate > bestRate * 1.0001) (best = n), (bestRate = rate);
+    }
+    return best;
+  }
+
+  /**
+   * The plan for the next step, with `spec` sequences drafting by Medusa and `other` other decode tokens:
+   * how many nodes to propose (0 when this step computed no candidates), and whether that step should run
+   * the heads at all. While no tree pays (size 0) the heads are skipped too, but every `explore` steps they
+   * run once so that the step after can try a tree; while one pays, every `explore`-th step proposes two
+   * nodes more than the best so that their rates stay measured.
+   */
+  plan(spec: number, other: number, haveCandidates: boolean): { size: number; heads: boolean } {
+    const phase = this.steps % this.explore, round = Math.floor(this.steps++ / this.explore);
+    const best = spec > 0 ? this.best(spec, other) : 0;
+    const near = round % 2 === 0 || best === 0 ? Math.min(this.maxSize, best + 2) : best - 1;
+    const size = !haveCandidates ? 0 : phase === this.explore - 1 ? near : best;
+    return { size, heads: best > 0 || phase === this.explore - 2 };
+  }
+}
+
+/** A smoothed time: falls by ¼ of the gap, rises by 1/20 (slow outliers on a shared machine count little). */
+function track(avg: number | undefined, x: number): number {
+  if (avg === undefined) return x;
+  return avg + (x < avg ? 0.25 : 0.05) * (x - avg);
 }
 
 /** Prompt lookup: the tokens that followed the most recent earlier match of the last n-gram (n = 3, 2, 1). */

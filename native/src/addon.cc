@@ -149,6 +149,7 @@ class StepWorker : public Napi::AsyncWorker {
     o.Set("medusaHeads", Napi::Number::New(env, out_.medusa_heads));
     o.Set("medusaIds", to_js<int32_t, Napi::Int32Array>(env, out_.medusa_ids));
     o.Set("micros", Napi::Number::New(env, micros_));
+    o.Set("medusaMicros", Napi::Number::New(env, out_.medusa_micros));
     deferred_.Resolve(o);
   }
   void OnError(const Napi::Error& e) override {

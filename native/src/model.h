@@ -98,6 +98,7 @@ struct StepOutput {
   std::vector<int32_t> last_row;      // [G] out row the bonus came from
   int medusa_heads = 0;               // largest head count used this step
   std::vector<int32_t> medusa_ids;    // [G, medusa_heads, medusa_k], -1 where none
+  double medusa_micros = 0;           // of the step's time, the Medusa heads' (drafting the next step)
 };
 
 struct MedusaIn {

@@ -45,6 +45,8 @@ export interface ServerConfig {
   maxStopSequences: number;
   maxMergeIds: number;
   speculativeTokens: number;
+  medusaTreeSize: number;
+  medusaFixedTree: boolean;
   dtype?: "float32" | "bfloat16" | "float16";
   device: "cpu" | "cuda" | undefined;
   hostname: string;
@@ -111,6 +113,8 @@ export function buildCommand(): Command {
     .addOption(opt("--max-stop-sequences <n>", "most stop sequences per request").argParser(int("--max-stop-sequences", 0)).default(4))
     .addOption(opt("--max-merge-ids <n>", "most adapters in one merged_adapters request").argParser(int("--max-merge-ids", 1)).default(8))
     .addOption(opt("--speculative-tokens <n>", "prompt-lookup speculation depth when no Medusa adapter is set (0 = off)").argParser(int("--speculative-tokens", 0)).default(0))
+    .addOption(opt("--medusa-tree-size <n>", "most nodes of a Medusa candidate tree; each step proposes as many as measured step cost and acceptance say pay off").argParser(int("--medusa-tree-size", 1)).default(8))
+    .addOption(opt("--medusa-fixed-tree", "propose all --medusa-tree-size nodes every step instead of adapting the size").default(false))
     .addOption(opt("--dtype <dtype>", "weights in memory (default: as stored)").argParser(choice("--dtype", ["float32", "bfloat16", "float16"] as const)))
     .addOption(opt("--device <device>", "compute device (default: cuda when a GPU is usable, else cpu)").argParser(choice("--device", ["cpu", "cuda"] as const)))
     .addOption(opt("--hostname <host>", "address to listen on").default("127.0.0.1"))
@@ -159,6 +163,8 @@ export function parseConfig(argv: string[]): ServerConfig {
     maxStopSequences: o.maxStopSequences,
     maxMergeIds: o.maxMergeIds,
     speculativeTokens: o.speculativeTokens,
+    medusaTreeSize: o.medusaTreeSize,
+    medusaFixedTree: o.medusaFixedTree,
     dtype: o.dtype,
     device: o.device,
     hostname: o.hostname,

@@ -49,6 +49,8 @@ export async function startServer(config: ServerConfig, logger = makeLogger(conf
     loraSlots: config.maxActiveAdapters,
     loraMaxRank: config.loraMaxRank,
     speculativeTokens: config.speculativeTokens,
+    medusaTreeSize: config.medusaTreeSize,
+    medusaFixedTree: config.medusaFixedTree,
     device: config.device ?? "auto",
   });
   const info = engine.backend.info();

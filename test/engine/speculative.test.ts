@@ -48,7 +48,8 @@ describe("prompt lookup", () => {
 describe("Medusa", () => {
   let ae: AdapterEngine;
   beforeAll(async () => {
-    ae = await adapterEngine(MODEL, { slots: 8 });
+    // Fixed trees: these tests check verification, which adaptive sizing would mostly skip with random heads.
+    ae = await adapterEngine(MODEL, { slots: 8, medusaFixedTree: true });
     const s = shapeOf(ae.engine);
     writeMedusa(path.join(ae.root, "medusa-rand"), { hidden: s.hiddenSize, vocab: s.vocabSize, heads: 4, seed: 3 });
     writeMedusa(path.join(ae.root, "medusa-zero"), { hidden: s.hiddenSize, vocab: s.vocabSize, heads: 4, zero: true });
@@ -77,7 +78,7 @@ describe("Medusa", () => {
   });
 
   it("on a repeating model, Medusa drafts are accepted and output is unchanged", async () => {
-    const loopy = await adapterEngine(LOOPY, { slots: 2 });
+    const loopy = await adapterEngine(LOOPY, { slots: 2, medusaFixedTree: true });
     const s = shapeOf(loopy.engine);
     // Zero heads propose the current token again: right whenever the model repeats itself.
     writeMedusa(path.join(loopy.root, "zero"), { hidden: s.hiddenSize, vocab: s.vocabSize, heads: 4, zero: true });
@@ -88,6 +89,23 @@ describe("Medusa", () => {
     expect(await outputs(loopy.engine, PROMPTS, 48)).toEqual(want);
     expect(loopy.engine.specAccepted / loopy.engine.specSteps).toBeGreaterThan(1);
     loopy.close();
+  });
+
+  it("adaptive tree size (the default): output unchanged on both models, and sizes are chosen each step", async () => {
+    for (const [model, zero] of [[LOOPY, true], [MODEL, false]] as const) {
+      const e = await adapterEngine(model, { slots: 2 });
+      const s = shapeOf(e.engine);
+      writeMedusa(path.join(e.root, "heads"), { hidden: s.hiddenSize, vocab: s.vocabSize, heads: 4, zero, seed: 3 });
+      e.engine.setDefaultMedusa(0, (await e.registry.loadDefaultMedusa(path.join(e.root, "heads"), "local", undefined))!);
+      const base = await tinyEngine(model);
+      const want = await outputs(base, PROMPTS, 48);
+      base.backend.close();
+      expect(await outputs(e.engine, PROMPTS, 48), model).toEqual(want);
+      for (const p of PROMPTS.slice(0, 4)) expect((await outputs(e.engine, [p], 48))[0]).toEqual(want[PROMPTS.indexOf(p)]);
+      const sizes = [...e.engine.treeSizes.values()].reduce((a, b) => a + b, 0);
+      expect(sizes, model).toBeGreaterThan(PROMPTS.length * 2);
+      e.close();
+    }
   });
 
   it("LoRA applies per sequence in the verification pass: outputs equal non-speculative LoRA runs", async () => {
@@ -184,7 +202,7 @@ describe("speculation with a grammar", () => {
     const lookup = await tinyEngine(LOOPY, { speculativeTokens: 4 });
     for (const p of PROMPTS.slice(0, 6)) expect(await run(lookup, p)).toEqual(await run(base, p));
     expect(lookup.specProposed).toBeGreaterThan(0);
-    const medusa = await adapterEngine(LOOPY, { slots: 2 });
+    const medusa = await adapterEngine(LOOPY, { slots: 2, medusaFixedTree: true });
     const s = shapeOf(medusa.engine);
     writeMedusa(path.join(medusa.root, "zero"), { hidden: s.hiddenSize, vocab: s.vocabSize, heads: 3, zero: true });
     medusa.engine.setDefaultMedusa(0, (await medusa.registry.loadDefaultMedusa(path.join(medusa.root, "zero"), "local", undefined))!);
