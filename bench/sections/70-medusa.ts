@@ -41,7 +41,7 @@ const section: BenchSection = {
   async run(ctx) {
     if (!fs.existsSync(path.join(DEMO_MODEL_DIR, "medusa", "config.json"))) return skipped(`no demo Medusa heads in ${DEMO_MODEL_DIR}/medusa (make demo-model)`);
     const plain = await Engine.create(DEMO_MODEL_DIR, OPTS);
-    const medusa = await Engine.create(DEMO_MODEL_DIR, { ...OPTS, medusaTreeSize: 8, medusaFixedTree: true });
+    const medusa = await Engine.create(DEMO_MODEL_DIR, { ...OPTS, medusaTreeSize: 8, fixedSpeculation: true });
     const adaptive = await Engine.create(DEMO_MODEL_DIR, { ...OPTS, medusaTreeSize: 8 });
     const heads = await readMedusa(path.join(DEMO_MODEL_DIR, "medusa"), {
       numLayers: medusa.spec.numLayers, hiddenSize: medusa.spec.hiddenSize, intermediateSize: medusa.spec.intermediateSize, numHeads: medusa.spec.numHeads,

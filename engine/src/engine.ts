@@ -53,8 +53,8 @@ export interface EngineOptions extends Omit<BackendOptions, "loraSlots" | "loraM
   speculativeTokens?: number;
   /** Most nodes in a Medusa candidate tree (default 8). */
   medusaTreeSize?: number;
-  /** Propose every node each step, rather than the number that measured cost and acceptance favour. */
-  medusaFixedTree?: boolean;
+  /** Propose every draft token each step (whole Medusa tree, whole lookup chain), rather than as many as pay off. */
+  fixedSpeculation?: boolean;
 }
 
 export interface TopToken {
@@ -243,6 +243,7 @@ export class Engine extends EventEmitter {
       waitingServedRatio: opts.waitingServedRatio,
     });
     this.vocabWords = (backend.spec.vocabSize + 31) >>> 5;
+    if (opts.speculativeTokens && !opts.fixedSpeculation) this.lookupSizer = new TreeSizer(opts.speculativeTokens);
   }
 
   static async create(modelDir: string, opts: EngineOptions): Promise<Engine> {
@@ -394,6 +395,8 @@ export class Engine extends EventEmitter {
   /** How many nodes of medusaShape the next step proposes, and whether it runs the heads. */
   private treeSizer?: TreeSizer;
   private medusaHeadsOn = true;
+  /** How many tokens of a prompt-lookup chain the next step proposes (a chain is a tree of one path per depth). */
+  private lookupSizer?: TreeSizer;
   /** Draft tokens proposed and accepted, and verification steps, since start (for /metrics). */
   specProposed = 0;
   specAccepted = 0;
@@ -404,7 +407,7 @@ export class Engine extends EventEmitter {
     this.defaultMedusa = { set, heads };
     this.medusaShape = medusaTreeShape(heads, this.opts.medusaTreeSize ?? 8);
     this.medusaK = shapeTopK(this.medusaShape);
-    this.treeSizer = this.opts.medusaFixedTree ? undefined : new TreeSizer(this.medusaShape.length);
+    this.treeSizer = this.opts.fixedSpeculation ? undefined : new TreeSizer(this.medusaShape.length);
   }
 
   get medusaHeads(): number | undefined {
@@ -582,6 +585,7 @@ export class Engine extends EventEmitter {
           if (node !== j + 1) seq.kvMoves.push([root + node, root + j + 1]);
         }
         if (draft.shapeIndex) this.treeSizer?.observeDraft(draft.shapeIndex, accepted);
+        else this.lookupSizer?.observeDraft(draft.depths.map((d) => d - 1), accepted);
       }
       gained.set(seq, { tokens, computed: root + 1 + a, logprobs, rows });
       seq.draft = undefined;
@@ -599,6 +603,10 @@ export class Engine extends EventEmitter {
           seq.draft = medusaDraft(shape, result.medusaIds.subarray(g * result.medusaHeads * k, (g + 1) * result.medusaHeads * k), result.medusaHeads, k);
     }
     this.scheduler.commit(entries, gained);
+    // Prompt-lookup chains for the next step: as long as pays off now (0: none).
+    let lookupLen: number | undefined;
+    const lookups = entries.filter((e) => this.outs.get(e.seq)?.spec?.lookup !== undefined).length;
+    if (lookups > 0 && this.lookupSizer) lookupLen = this.lookupSizer.plan(lookups, entries.length - lookups, true).size;
 
     for (const e of entries) {
       const seq = e.seq, out = this.outs.get(seq);
@@ -613,11 +621,15 @@ export class Engine extends EventEmitter {
         const r = got.rows[j];
         this.onToken(out, seq, got.tokens[j], got.logprobs[j], out.params.topLogprobs, result.topIds.subarray(r * nTop, r * nTop + nTop), result.topLogprobs.subarray(r * nTop, r * nTop + nTop), before + j + 1 - seq.promptLen);
       }
-      if (!out.done && out.spec?.lookup) seq.draft = lookupDraft(seq.tokens, out.spec.lookup);
+      if (!out.done && out.spec?.lookup && lookupLen !== 0) seq.draft = lookupDraft(seq.tokens, lookupLen ?? out.spec.lookup);
       if (!out.done && seq.draft && out.constraint) seq.draft = this.grammarDraft(out.constraint, seq.draft);
     }
     // The cost side of the tree size: wall time of pure decode steps (engine work included) by token count.
-    if (stats.prefillTokens === 0) this.treeSizer?.observeStep(batch.tokens.length, result.micros / 1e3, result.medusaHeads > 0 ? result.medusaMicros / 1e3 : 0, performance.now() - started);
+    if (stats.prefillTokens === 0) {
+      const wall = performance.now() - started;
+      this.treeSizer?.observeStep(batch.tokens.length, result.micros / 1e3, result.medusaHeads > 0 ? result.medusaMicros / 1e3 : 0, wall);
+      this.lookupSizer?.observeStep(batch.tokens.length, result.micros / 1e3, 0, wall);
+    }
   }
 
   /** The draft without the nodes the grammar would refuse (and their subtrees), renumbered. */

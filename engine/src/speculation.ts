@@ -80,16 +80,17 @@ export function medusaDraft(shape: TreeShape, ids: Int32Array, heads: number, k:
  * nodes, 1 + the sum of the first n rates. The model's time for pure decode steps by their token count, the
  * heads' time (which a step of size 0 can skip) and the engine's own time per step give the cost of a step with
  * n nodes per speculating sequence. A large model on a CPU is memory bound, and verifying a few more tokens
- * costs little; a small one is compute bound, and every node costs nearly a token. Times are tracked by an
- * average that falls faster than it rises (so one slow step on a busy machine does not rule a size out), and
- * every `explore`-th step tries a size next to the best (two larger, or one smaller) to keep both measured.
+ * costs little; a small one is compute bound, and every node costs nearly a token. Each time is the median of
+ * its last 15 samples (steps on a shared machine stall now and then, and an average let one stall, or one
+ * lucky fast step, decide), and every `explore`-th step tries a size next to the best (two larger, or one
+ * smaller) to keep both measured.
  */
 export class TreeSizer {
   private readonly proposed: Float64Array;
   private readonly accepted: Float64Array;
-  private readonly cost = new Map<number, number>(); // step tokens → the model's ms (heads excluded)
-  private heads?: number; // the heads' ms per step
-  private overhead = 0; // the engine's ms per step outside the native call
+  private readonly cost = new Map<number, Recent>(); // step tokens → the model's ms (heads excluded)
+  private readonly heads = new Recent(); // the heads' ms per step
+  private readonly overhead = new Recent(); // the engine's ms per step outside the native call
   private steps = 0;
 
   constructor(
@@ -103,9 +104,11 @@ export class TreeSizer {
 
   /** A pure decode step of `tokens` tokens: `nativeMs` in the addon, of which `headsMs` the heads (0: none ran). */
   observeStep(tokens: number, nativeMs: number, headsMs: number, wallMs: number): void {
-    this.cost.set(tokens, track(this.cost.get(tokens), nativeMs - headsMs));
-    if (headsMs > 0) this.heads = track(this.heads, headsMs);
-    this.overhead = track(this.overhead, Math.max(0, wallMs - nativeMs));
+    let c = this.cost.get(tokens);
+    if (!c) this.cost.set(tokens, (c = new Recent()));
+    c.add(nativeMs - headsMs);
+    if (headsMs > 0) this.heads.add(headsMs);
+    this.overhead.add(Math.max(0, wallMs - nativeMs));
   }
 
   /** A verified draft: the shape index of each proposed node, and the accepted draft nodes (1-based). */
@@ -117,10 +120,13 @@ export class TreeSizer {
     for (const node of acceptedNodes) this.accepted[shapeIndex[node - 1]] += 1;
   }
 
-  /** Tokens a sequence is expected to gain per step with the first n nodes (an unmeasured path counts ½). */
+  /**
+   * Tokens a sequence is expected to gain per step with the first n nodes. An unmeasured path counts 0.2: too
+   * hopeful a prior made rarely proposed deep paths look worth their cost on a compute-bound model.
+   */
   expectedGain(n: number): number {
     let e = 1;
-    for (let i = 0; i < n; i++) e += (this.accepted[i] + 0.5) / (this.proposed[i] + 1);
+    for (let i = 0; i < n; i++) e += (this.accepted[i] + 0.2) / (this.proposed[i] + 1);
     return e;
   }
 
@@ -129,16 +135,17 @@ export class TreeSizer {
    * measurements, else extrapolated above them; undefined below every measurement or with only one (to be tried).
    */
   stepCost(T: number, heads: boolean): number | undefined {
-    const c = this.modelCost(T);
-    if (c === undefined || (heads && this.heads === undefined)) return undefined;
-    return c + (heads ? this.heads! : 0) + this.overhead;
+    const c = this.modelCost(T), h = this.heads.median();
+    if (c === undefined || (heads && h === undefined)) return undefined;
+    return c + (heads ? h! : 0) + (this.overhead.median() ?? 0);
   }
 
   private modelCost(T: number): number | undefined {
-    const table = this.cost, exact = table.get(T);
+    const exact = this.cost.get(T)?.median();
     if (exact !== undefined) return exact;
     let lo: [number, number] | undefined, hi: [number, number] | undefined, top: [number, number] | undefined, next: [number, number] | undefined;
-    for (const [t, c] of table) {
+    for (const [t, recent] of this.cost) {
+      const c = recent.median()!;
       if (t < T && (!lo || t > lo[0])) lo = [t, c];
       if (t > T && (!hi || t < hi[0])) hi = [t, c];
       if (!top || t > top[0]) (next = top), (top = [t, c]);
@@ -156,7 +163,9 @@ export class TreeSizer {
       const c = this.stepCost(other + spec * (1 + n), n > 0);
       if (c === undefined) return n; // never measured: find out
       const rate = (other + spec * this.expectedGain(n)) / c;
-      if (rate > bestRate * 1.0001) (best = n), (bestRate = rate);
+      // A larger tree must beat the best smaller one by 2%: measurements are noisy, and a wrong larger choice
+      // costs more than a wrong smaller one.
+      if (rate > bestRate * 1.02) (best = n), (bestRate = rate);
     }
     return best;
   }
@@ -177,10 +186,20 @@ export class TreeSizer {
   }
 }
 
-/** A smoothed time: falls by ¼ of the gap, rises by 1/20 (slow outliers on a shared machine count little). */
-function track(avg: number | undefined, x: number): number {
-  if (avg === undefined) return x;
-  return avg + (x < avg ? 0.25 : 0.05) * (x - avg);
+/** The last 15 samples of a time, and their median (kept up to date as samples arrive). */
+class Recent {
+  private readonly xs: number[] = [];
+  private at = 0;
+  private mid?: number;
+  add(x: number): void {
+    if (this.xs.length < 15) this.xs.push(x);
+    else this.xs[this.at++ % 15] = x;
+    const s = this.xs.slice().sort((a, b) => a - b);
+    this.mid = s[s.length >> 1];
+  }
+  median(): number | undefined {
+    return this.mid;
+  }
 }
 
 /** Prompt lookup: the tokens that followed the most recent earlier match of the last n-gram (n = 3, 2, 1). */

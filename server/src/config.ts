@@ -46,7 +46,7 @@ export interface ServerConfig {
   maxMergeIds: number;
   speculativeTokens: number;
   medusaTreeSize: number;
-  medusaFixedTree: boolean;
+  fixedSpeculation: boolean;
   dtype?: "float32" | "bfloat16" | "float16";
   device: "cpu" | "cuda" | undefined;
   hostname: string;
@@ -114,7 +114,7 @@ export function buildCommand(): Command {
     .addOption(opt("--max-merge-ids <n>", "most adapters in one merged_adapters request").argParser(int("--max-merge-ids", 1)).default(8))
     .addOption(opt("--speculative-tokens <n>", "prompt-lookup speculation depth when no Medusa adapter is set (0 = off)").argParser(int("--speculative-tokens", 0)).default(0))
     .addOption(opt("--medusa-tree-size <n>", "most nodes of a Medusa candidate tree; each step proposes as many as measured step cost and acceptance say pay off").argParser(int("--medusa-tree-size", 1)).default(8))
-    .addOption(opt("--medusa-fixed-tree", "propose all --medusa-tree-size nodes every step instead of adapting the size").default(false))
+    .addOption(opt("--fixed-speculation", "propose every draft token each step (all --medusa-tree-size nodes, or --speculative-tokens) instead of as many as pay off").default(false))
     .addOption(opt("--dtype <dtype>", "weights in memory (default: as stored)").argParser(choice("--dtype", ["float32", "bfloat16", "float16"] as const)))
     .addOption(opt("--device <device>", "compute device (default: cuda when a GPU is usable, else cpu)").argParser(choice("--device", ["cpu", "cuda"] as const)))
     .addOption(opt("--hostname <host>", "address to listen on").default("127.0.0.1"))
@@ -164,7 +164,7 @@ export function parseConfig(argv: string[]): ServerConfig {
     maxMergeIds: o.maxMergeIds,
     speculativeTokens: o.speculativeTokens,
     medusaTreeSize: o.medusaTreeSize,
-    medusaFixedTree: o.medusaFixedTree,
+    fixedSpeculation: o.fixedSpeculation,
     dtype: o.dtype,
     device: o.device,
     hostname: o.hostname,

@@ -50,7 +50,7 @@ export async function startServer(config: ServerConfig, logger = makeLogger(conf
     loraMaxRank: config.loraMaxRank,
     speculativeTokens: config.speculativeTokens,
     medusaTreeSize: config.medusaTreeSize,
-    medusaFixedTree: config.medusaFixedTree,
+    fixedSpeculation: config.fixedSpeculation,
     device: config.device ?? "auto",
   });
   const info = engine.backend.info();

@@ -35,7 +35,7 @@ describe("prompt lookup", () => {
     const base = await tinyEngine(model);
     const want = await outputs(base, PROMPTS, 48);
     base.backend.close();
-    const e = await tinyEngine(model, { speculativeTokens: 4 });
+    const e = await tinyEngine(model, { speculativeTokens: 4, fixedSpeculation: true });
     for (const [i, p] of PROMPTS.entries()) expect((await outputs(e, [p], 48))[0], `prompt ${i} alone`).toEqual(want[i]);
     expect(await outputs(e, PROMPTS, 48)).toEqual(want);
     expect(e.specProposed).toBeGreaterThan(0);
@@ -49,7 +49,7 @@ describe("Medusa", () => {
   let ae: AdapterEngine;
   beforeAll(async () => {
     // Fixed trees: these tests check verification, which adaptive sizing would mostly skip with random heads.
-    ae = await adapterEngine(MODEL, { slots: 8, medusaFixedTree: true });
+    ae = await adapterEngine(MODEL, { slots: 8, fixedSpeculation: true });
     const s = shapeOf(ae.engine);
     writeMedusa(path.join(ae.root, "medusa-rand"), { hidden: s.hiddenSize, vocab: s.vocabSize, heads: 4, seed: 3 });
     writeMedusa(path.join(ae.root, "medusa-zero"), { hidden: s.hiddenSize, vocab: s.vocabSize, heads: 4, zero: true });
@@ -78,7 +78,7 @@ describe("Medusa", () => {
   });
 
   it("on a repeating model, Medusa drafts are accepted and output is unchanged", async () => {
-    const loopy = await adapterEngine(LOOPY, { slots: 2, medusaFixedTree: true });
+    const loopy = await adapterEngine(LOOPY, { slots: 2, fixedSpeculation: true });
     const s = shapeOf(loopy.engine);
     // Zero heads propose the current token again: right whenever the model repeats itself.
     writeMedusa(path.join(loopy.root, "zero"), { hidden: s.hiddenSize, vocab: s.vocabSize, heads: 4, zero: true });
@@ -89,6 +89,16 @@ describe("Medusa", () => {
     expect(await outputs(loopy.engine, PROMPTS, 48)).toEqual(want);
     expect(loopy.engine.specAccepted / loopy.engine.specSteps).toBeGreaterThan(1);
     loopy.close();
+  });
+
+  it("adaptive prompt-lookup length (the default): output unchanged, chains still proposed on a repeating model", async () => {
+    const base = await tinyEngine(LOOPY);
+    const want = await outputs(base, PROMPTS, 48);
+    base.backend.close();
+    const e = await tinyEngine(LOOPY, { speculativeTokens: 6 });
+    expect(await outputs(e, PROMPTS, 48)).toEqual(want);
+    expect(e.specProposed).toBeGreaterThan(0);
+    e.backend.close();
   });
 
   it("adaptive tree size (the default): output unchanged on both models, and sizes are chosen each step", async () => {
@@ -145,7 +155,7 @@ describe("Medusa", () => {
 describe("sampling keeps its distribution", () => {
   it("second and third tokens: speculative vs plain sampling agree (chi-square, p > 0.001)", async () => {
     const plainLoopy = await tinyEngine(LOOPY);
-    const spec = await tinyEngine(LOOPY, { speculativeTokens: 4 });
+    const spec = await tinyEngine(LOOPY, { speculativeTokens: 4, fixedSpeculation: true });
     // A prompt whose continuation repeats, so lookup drafts are proposed and often accepted.
     const prompt = [500, 501, 502, 500, 501, 502, 500, 501];
     const N = 1500;
@@ -199,10 +209,10 @@ describe("speculation with a grammar", () => {
       return (await collect(sub.events)).ids[0];
     };
     const base = await tinyEngine(LOOPY);
-    const lookup = await tinyEngine(LOOPY, { speculativeTokens: 4 });
+    const lookup = await tinyEngine(LOOPY, { speculativeTokens: 4, fixedSpeculation: true });
     for (const p of PROMPTS.slice(0, 6)) expect(await run(lookup, p)).toEqual(await run(base, p));
     expect(lookup.specProposed).toBeGreaterThan(0);
-    const medusa = await adapterEngine(LOOPY, { slots: 2, medusaFixedTree: true });
+    const medusa = await adapterEngine(LOOPY, { slots: 2, fixedSpeculation: true });
     const s = shapeOf(medusa.engine);
     writeMedusa(path.join(medusa.root, "zero"), { hidden: s.hiddenSize, vocab: s.vocabSize, heads: 3, zero: true });
     medusa.engine.setDefaultMedusa(0, (await medusa.registry.loadDefaultMedusa(path.join(medusa.root, "zero"), "local", undefined))!);

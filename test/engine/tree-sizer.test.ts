@@ -63,6 +63,8 @@ describe("TreeSizer", () => {
     // whole tree gains most.
     expect(z.plan(1, 0, true).size).toBe(4);
     z.observeStep(5, 9.3, 0.3, 9.4); // ...but five tokens cost nine times one: beyond two it is compute bound
+    expect(z.best(1, 0)).toBe(0); // and no path has been accepted yet
+    for (let i = 0; i < 10; i++) z.observeDraft([0, 1, 2, 3], [1]); // the first path always right, the rest never
     expect(z.best(1, 0)).toBe(1);
   });
 
@@ -93,12 +95,12 @@ describe("TreeSizer", () => {
     expect(z.stepCost(1, false)).toBeUndefined();
   });
 
-  it("one slow step moves a size's cost little; faster ones bring it down quickly", () => {
+  it("a stall does not move a size's cost; a lasting change does", () => {
     const z = new TreeSizer(2);
-    z.observeStep(1, 1, 0, 1);
+    for (let i = 0; i < 5; i++) z.observeStep(1, 1, 0, 1);
     z.observeStep(1, 10, 0, 10); // a stall on a shared machine
-    expect(z.stepCost(1, false)!).toBeLessThan(1.6);
-    for (let i = 0; i < 10; i++) z.observeStep(1, 1, 0, 1);
-    expect(z.stepCost(1, false)!).toBeLessThan(1.1);
+    expect(z.stepCost(1, false)).toBe(1);
+    for (let i = 0; i < 15; i++) z.observeStep(1, 2, 0, 2);
+    expect(z.stepCost(1, false)).toBe(2);
   });
 });
