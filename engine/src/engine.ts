@@ -209,6 +209,8 @@ interface RequestState {
   promptTokens: number;
   settled: boolean;
   onSettled?: () => void;
+  /** Removes the request's abort listener (a caller may reuse one signal for many requests). */
+  unlisten?: () => void;
 }
 
 export class Engine extends EventEmitter {
@@ -382,7 +384,12 @@ export class Engine extends EventEmitter {
     this.scheduler.add(state.seqs[0]);
     for (const c of state.seqs.slice(1)) this.scheduler.add(c, true);
     this.inflight++;
-    req.signal?.addEventListener("abort", () => this.cancelRequest(state), { once: true });
+    const signal = req.signal;
+    if (signal) {
+      const onAbort = () => this.cancelRequest(state);
+      signal.addEventListener("abort", onAbort, { once: true });
+      state.unlisten = () => signal.removeEventListener("abort", onAbort);
+    }
     this.kick();
     return state.queue;
   }
@@ -436,6 +443,7 @@ export class Engine extends EventEmitter {
   private settle(state: RequestState): void {
     if (state.settled) return;
     state.settled = true;
+    state.unlisten?.();
     this.inflight--;
     for (const s of state.seqs) {
       this.outs.get(s)?.constraint?.dispose?.();

@@ -1,6 +1,8 @@
 // The engine end to end on tiny models: greedy output equals the float64 reference and does not change when
 // the sequence is batched with others or its prefill is chunked; sampling is reproducible per seed; stops,
 // EOS, cancellation, validation; the event loop keeps running during a long prefill.
+import { getEventListeners } from "node:events";
+
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import type { Engine, FinishInfo, GenerationEvent } from "../../engine/src/engine.js";
@@ -149,6 +151,17 @@ describe("engine behaviour", () => {
     ).rejects.toBeInstanceOf(CancelledError);
     await new Promise((r) => setTimeout(r, 50));
     expect(engine.scheduler.blocks.usedCount).toBe(0);
+  });
+
+  it("a signal reused for many requests keeps no listener of a finished one (no leak)", async () => {
+    const ac = new AbortController();
+    for (let i = 0; i < 15; i++) await collect(engine.generate({ prompt, params: greedy(2), signal: ac.signal }));
+    expect(getEventListeners(ac.signal, "abort")).toHaveLength(0);
+    // Still live for a running one: aborting it cancels that request.
+    const it = engine.generate({ prompt, params: greedy(400), signal: ac.signal });
+    expect(getEventListeners(ac.signal, "abort")).toHaveLength(1);
+    ac.abort();
+    await expect(collect(it)).rejects.toBeInstanceOf(CancelledError);
   });
 
   it("refuses bad input with a clear error", () => {
