@@ -292,8 +292,15 @@ Status Model::lora_load(int slot, const std::vector<LoraModuleIn>& modules) {
     lm.A = dev + start[m] * esz;
     lm.Bt = dev + (start[m] + size_t(mi.rank) * d_in(mi.target)) * esz;
   }
-  auto convert = [&](size_t m0, size_t m1) {
-    std::vector<float> tile;
+  // Each thread's transpose tile is allocated here, before any thread starts: nothing below may throw while a
+  // helper thread runs (an exception would reach a joinable std::thread and abort the process).
+  std::vector<float> tiles[2];
+  try {
+    for (auto& t : tiles) t.resize(size_t(lora_max_rank_) * 64);
+  } catch (const std::bad_alloc&) {
+    return Status::NoMem("cannot allocate the LoRA transpose buffers");
+  }
+  auto convert = [&](size_t m0, size_t m1, float* tile) noexcept {
     for (size_t m = m0; m < m1; m++) {
       const LoraModuleIn& mi = modules[m];
       const int di = d_in(mi.target), dout = d_out(mi.target), r = mi.rank;
@@ -301,12 +308,11 @@ Status Model::lora_load(int slot, const std::vector<LoraModuleIn>& modules) {
       // B [dout, rank] → Bt [rank, dout], 64 outputs at a time: transposed into an f32 tile that stays in
       // cache, then each of its rank rows converted as one run.
       const size_t at = start[m] + size_t(r) * di;
-      tile.resize(size_t(r) * 64);
       for (int o0 = 0; o0 < dout; o0 += 64) {
         const int n = std::min(dout, o0 + 64) - o0;
         for (int o = 0; o < n; o++)
           for (int j = 0; j < r; j++) tile[size_t(j) * 64 + o] = mi.b[size_t(o0 + o) * r + j];
-        for (int j = 0; j < r; j++) put_run(at + size_t(j) * dout + o0, tile.data() + size_t(j) * 64, n);
+        for (int j = 0; j < r; j++) put_run(at + size_t(j) * dout + o0, tile + size_t(j) * 64, n);
       }
     }
   };
@@ -318,12 +324,12 @@ Status Model::lora_load(int slot, const std::vector<LoraModuleIn>& modules) {
   std::thread helper;
   if (split < modules.size()) {
     try {
-      helper = std::thread(convert, split, modules.size());
+      helper = std::thread(convert, split, modules.size(), tiles[1].data());
     } catch (const std::system_error&) {
       split = modules.size();  // no thread to be had: do it all here
     }
   }
-  convert(0, split);
+  convert(0, split, tiles[0].data());
   if (helper.joinable()) helper.join();
   if (staging) LX_TRY(be_->upload(s.storage.get(), staging.get(), bytes));
   s.bytes = bytes;
