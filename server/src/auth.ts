@@ -3,7 +3,7 @@
 import crypto from "node:crypto";
 
 import type { NextFunction, Request, RequestHandler, Response } from "express";
-import { rateLimit } from "express-rate-limit";
+import { ipKeyGenerator, rateLimit } from "express-rate-limit";
 import passport from "passport";
 import { Strategy as BearerStrategy } from "passport-http-bearer";
 
@@ -53,7 +53,8 @@ export function rateLimiter(rpm: number): RequestHandler {
     legacyHeaders: false,
     keyGenerator: (req) => {
       const m = /^Bearer\s+(.+)$/i.exec(req.headers.authorization ?? "");
-      return m ? `key:${crypto.createHash("sha256").update(m[1]).digest("hex")}` : `ip:${req.ip}`;
+      // Without a key, by address; IPv6 addresses by their /56, so one host cannot rotate through its own range.
+      return m ? `key:${crypto.createHash("sha256").update(m[1]).digest("hex")}` : `ip:${ipKeyGenerator(req.ip ?? "")}`;
     },
     handler: (req, res, _next, options) => {
       const retry = Math.ceil(options.windowMs / 1000);
