@@ -494,8 +494,10 @@ export class Engine extends EventEmitter {
     }
   }
 
-  /** Medusa tree sizes chosen, by size, since start (for /metrics and the bench). */
+  /** Medusa tree sizes chosen, by size, since start (for the bench). */
   readonly treeSizes = new Map<number, number>();
+  /** The draft size the last step chose per sequence (Medusa tree nodes or lookup length), for /metrics. */
+  draftSize?: number;
 
   private async runStep(entries: BatchEntry[], stats: StepStats, blockCopies: [number, number][]): Promise<void> {
     const started = performance.now();
@@ -605,6 +607,7 @@ export class Engine extends EventEmitter {
       const plan = this.treeSizer?.plan(medusaNext.length, entries.length - medusaNext.length, result.medusaHeads > 0) ?? { size: result.medusaHeads > 0 ? this.medusaShape!.length : 0, heads: true };
       this.medusaHeadsOn = plan.heads;
       this.treeSizes.set(plan.size, (this.treeSizes.get(plan.size) ?? 0) + 1);
+      this.draftSize = plan.size;
       const k = this.medusaK, shape = this.medusaShape!.slice(0, plan.size);
       if (plan.size > 0)
         for (const [seq, g] of medusaNext)
@@ -614,7 +617,7 @@ export class Engine extends EventEmitter {
     // Prompt-lookup chains for the next step: as long as pays off now (0: none).
     let lookupLen: number | undefined;
     const lookups = entries.filter((e) => this.outs.get(e.seq)?.spec?.lookup !== undefined).length;
-    if (lookups > 0 && this.lookupSizer) lookupLen = this.lookupSizer.plan(lookups, entries.length - lookups, true).size;
+    if (lookups > 0 && this.lookupSizer) this.draftSize = lookupLen = this.lookupSizer.plan(lookups, entries.length - lookups, true).size;
 
     for (const e of entries) {
       const seq = e.seq, out = this.outs.get(seq);

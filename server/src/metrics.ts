@@ -45,6 +45,7 @@ export class Metrics {
   readonly specProposed = new client.Gauge({ name: "loraserve_speculative_tokens_proposed", help: "Draft tokens proposed since start (Medusa or prompt lookup)", registers: [this.registry] });
   readonly specAccepted = new client.Gauge({ name: "loraserve_speculative_tokens_accepted", help: "Draft tokens accepted since start", registers: [this.registry] });
   readonly specMeanAccepted = new client.Gauge({ name: "loraserve_speculative_mean_accepted_length", help: "Mean tokens emitted per verification step (accepted drafts + 1)", registers: [this.registry] });
+  readonly specDraftSize = new client.Gauge({ name: "loraserve_speculative_draft_size", help: "Draft tokens the last step chose to propose per sequence (Medusa tree nodes, or prompt-lookup length; adapted to measured cost unless --fixed-speculation)", registers: [this.registry] });
 
   adapterTransition(_name: string, _from: string, to: string): void {
     this.adapterTransitions.inc({ to });
@@ -90,6 +91,7 @@ export class Metrics {
       this.specProposed.set(engine.specProposed);
       this.specAccepted.set(engine.specAccepted);
       if (engine.specSteps > 0) this.specMeanAccepted.set(1 + engine.specAccepted / engine.specSteps);
+      if (engine.draftSize !== undefined) this.specDraftSize.set(engine.draftSize);
       this.adapterEvictions.set(registry.evictions);
       const s = e.stats;
       this.batchSize.set(s.batchSize);

@@ -17,7 +17,7 @@ const SPEC_FLAGS = [
   "adapter-memory-fraction", "adapter-memory-bytes", "adapter-cycle-time-s", "max-concurrent-requests", "max-input-length",
   "max-total-tokens", "max-batch-prefill-tokens", "max-batch-total-tokens", "max-waiting-tokens", "waiting-served-ratio",
   "max-best-of", "max-stop-sequences", "speculative-tokens", "dtype", "device", "hostname", "port", "json-output",
-  "cors-allow-origin", "api-keys", "data-dir", "adapter-local-roots",
+  "cors-allow-origin", "api-keys", "data-dir", "adapter-local-roots", "medusa-tree-size", "fixed-speculation",
 ];
 
 const children: ChildProcess[] = [];

@@ -74,6 +74,21 @@ describe("native routes", () => {
     expect(Object.keys(o.body.paths)).toEqual(expect.arrayContaining(["/generate", "/v1/chat/completions", "/v1/load_lora_adapter"]));
   });
 
+  it("/metrics reports speculation: tokens proposed and accepted, and the draft size the last step chose", async () => {
+    const spec = await startTestServer(["--speculative-tokens", "4"], "llama-bf16-tied-linear"); // falls into repetition: lookups match
+    try {
+      const text = "one two three four one two three four one two three four";
+      for (let i = 0; i < 3; i++) expect((await request(spec.url).post("/generate").send({ inputs: text, parameters: { max_new_tokens: 24 } })).status).toBe(200);
+      const met = (await request(spec.url).get("/metrics")).text;
+      expect(Number(/^loraserve_speculative_tokens_proposed (\d+)/m.exec(met)?.[1])).toBeGreaterThan(0);
+      const size = Number(/^loraserve_speculative_draft_size (\d+)/m.exec(met)?.[1]);
+      expect(size).toBeGreaterThanOrEqual(0);
+      expect(size).toBeLessThanOrEqual(4);
+    } finally {
+      await spec.close();
+    }
+  });
+
   it("x-request-id is echoed, or made up", async () => {
     const a = await request(srv.url).get("/health").set("x-request-id", "abc-123");
     expect(a.headers["x-request-id"]).toBe("abc-123");
