@@ -3,6 +3,11 @@
 
 // Does not parse any file format (safetensors.ts, safe-pickle.ts) nor know what a LoRA tensor means (peft.ts).
 
+import { constants as bufferConstants } from "node:buffer";
+import { stat } from "node:fs/promises";
+import { totalmem } from "node:os";
+
+import { AdapterIncompatibleError } from "../../errors.js";
 import { native } from "../../native.js";
 
 /** Element types a LoRA tensor may be stored in; all decode to float32. */
@@ -105,5 +110,11 @@ export function notAWeightFile(bytes: Uint8Array): string | null {
  * Buffer took 18-29.
  */
 export async function readWholeFile(path: string): Promise<Buffer> {
+  // A hostile or mistaken file (a sparse 100 GB "adapter") must not be read into memory: the process would be
+  // killed for lack of it rather than refuse the request.
+  const { size } = await stat(path);
+  const limit = Math.min(bufferConstants.MAX_LENGTH, Math.floor(totalmem() / 2));
+  if (size > limit)
+    throw new AdapterIncompatibleError(`${path} is ${size} bytes, more than the ${limit} this server reads as one weight file (half its memory, at most 4 GiB)`);
   return Buffer.from(await native().readFile(path));
 }

@@ -1,7 +1,7 @@
 // Tests the strict safetensors reader: dtype decoding and every header inconsistency it must refuse.
 // Files are built in memory by writers.ts; real-world files are covered by peft.test.ts.
 
-import { writeFileSync } from "node:fs";
+import { truncateSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { AdapterIncompatibleError } from "../../../../engine/src/errors.js";
@@ -171,9 +171,16 @@ describe("readWholeFile (the addon's file read)", () => {
     }
   });
 
+  it("refuses a file too large to hold (a sparse 5 GiB one) without reading it", async () => {
+    const path = join(tempDir(), "huge.safetensors");
+    writeFileSync(path, "");
+    truncateSync(path, 5 * 2 ** 30); // sparse: no disk space, no read
+    await expect(readWholeFile(path)).rejects.toThrow(`${path} is ${5 * 2 ** 30} bytes, more than the`);
+  });
+
   it("rejects a missing file or a directory with the path and the OS reason", async () => {
     const dir = tempDir();
-    await expect(readWholeFile(join(dir, "nope.safetensors"))).rejects.toThrow(`cannot open ${join(dir, "nope.safetensors")}: No such file or directory`);
+    await expect(readWholeFile(join(dir, "nope.safetensors"))).rejects.toThrow(/no such file or directory.*nope\.safetensors/i);
     await expect(readWholeFile(dir)).rejects.toThrow(`cannot read ${dir}: Is a directory`);
   });
 });
