@@ -3,7 +3,7 @@
 // and FMA throughput measured in the same run (the decode roofline). Run: `tsx bench/engine-core.ts [--quick]`;
 // `npm run bench` calls benchCore with llama.cpp as the companion measured after each of our figures.
 import { Engine, type StepEvent } from "../engine/src/engine.js";
-import { engineDecode, median } from "./lib/measure.js";
+import { benchEngineOptions, engineDecode, median } from "./lib/measure.js";
 import { native } from "../engine/src/native.js";
 import { DEFAULT_SAMPLING } from "../engine/src/sampling.js";
 import type { DType } from "../engine/src/model/safetensors.js";
@@ -55,10 +55,7 @@ async function decodeRate(engine: Engine, concurrency: number, newTokens: number
 export async function benchCore(dtype: DType, quick: boolean, bandwidth: number, opts: CoreOptions = {}): Promise<CoreResult> {
   const dir = writeBenchModel(dtype);
   const rss0 = process.memoryUsage().rss;
-  const engine = await Engine.create(dir, {
-    kvBytes: 1.5 * 2 ** 30, blockSize: 16, maxStepTokens: 512, maxOutRows: 64, maxBatchPrefillTokens: 512,
-    maxWaitingTokens: 20, waitingServedRatio: 0, maxConcurrentRequests: 256,
-  });
+  const engine = await Engine.create(dir, benchEngineOptions({ kvBytes: 1.5 * 2 ** 30, maxConcurrentRequests: 256 }));
   const info = engine.backend.info();
   const rssAfterLoad = process.memoryUsage().rss - rss0;
   const prompt = prefillPrompt();

@@ -1,7 +1,19 @@
 // Measurements of our engine shared by the sections (decode throughput over pure decode steps, time to first
-// token) and small statistics helpers. Engine set-up and what to compare against belong to the sections.
-import type { Engine, StepEvent } from "../../engine/src/engine.js";
+// token), the engine options they start from, and small statistics helpers. What to compare against belongs to
+// the sections.
+import type { Engine, EngineOptions, StepEvent } from "../../engine/src/engine.js";
 import { DEFAULT_SAMPLING } from "../../engine/src/sampling.js";
+
+/**
+ * Engine options for a bench run: 16-token KV blocks, 512-token steps and prefill chunks, 64 logit rows and
+ * requests, waiting requests joining at the next step (the LoRAX knobs off); a section passes what differs.
+ */
+export function benchEngineOptions(overrides: Partial<EngineOptions> & { kvBytes: number }): EngineOptions {
+  return {
+    blockSize: 16, maxStepTokens: 512, maxOutRows: 64, maxBatchPrefillTokens: 512, maxWaitingTokens: 20, waitingServedRatio: 0,
+    maxConcurrentRequests: 64, ...overrides,
+  };
+}
 
 export const median = (xs: number[]): number => {
   const s = xs.filter(Number.isFinite).sort((a, b) => a - b);

@@ -2,7 +2,7 @@
 // attention off, so both compute in F32). Sequences may part only at a near-tie: where our top-2 log-probability
 // gap is under NEAR_TIE_NATS. After a parting the contexts differ, so the rest of that sequence is not compared.
 import { Engine } from "../../engine/src/engine.js";
-import { engineGreedy, prompts } from "../lib/measure.js";
+import { benchEngineOptions, engineGreedy, prompts } from "../lib/measure.js";
 import { skipped, type BenchSection } from "../lib/section.js";
 
 /** A parting counts as a near-tie when our top-1 and top-2 log-probabilities are closer than this. */
@@ -16,10 +16,7 @@ const section: BenchSection = {
     if (!peer) return skipped(`needs llama.cpp: ${ctx.peerUnavailable}`);
     const n = ctx.quick ? 2 : 6, newTokens = ctx.quick ? 12 : 24;
     const ps = prompts(n, ctx.quick ? 16 : 24, 3);
-    const engine = await Engine.create(ctx.benchModel("F32"), {
-      kvBytes: 256 << 20, blockSize: 16, maxStepTokens: 512, maxOutRows: 64, maxBatchPrefillTokens: 512,
-      maxWaitingTokens: 20, waitingServedRatio: 0, maxConcurrentRequests: 64,
-    });
+    const engine = await Engine.create(ctx.benchModel("F32"), benchEngineOptions({ kvBytes: 256 << 20 }));
     let ours;
     try {
       ours = await engineGreedy(engine, ps, newTokens);

@@ -8,7 +8,7 @@ import { Engine } from "../../engine/src/engine.js";
 import { readModelSpec } from "../../engine/src/model/config.js";
 import { baseShape, installAdapters, loraGguf, randomLora } from "../lib/adapters.js";
 import { decodeAcross } from "../lib/llama-cpp.js";
-import { engineDecode, prompts } from "../lib/measure.js";
+import { benchEngineOptions, engineDecode, prompts } from "../lib/measure.js";
 import type { ChartSpec } from "../lib/chart.js";
 import { fmtRate, fmtX, ratio, skipped, type BenchSection, type SummaryRow } from "../lib/section.js";
 
@@ -24,10 +24,10 @@ const section: BenchSection = {
     const counts = ctx.quick ? [1, 32] : [1, 2, 4, 8, 16, 32, 64, 128];
     const newTokens = ctx.quick ? 4 : 8, promptLen = 4;
     const maxStreams = Math.max(STREAMS, ...counts);
-    const engine = await Engine.create(dir, {
-      kvBytes: 1.5 * 2 ** 30, blockSize: 16, maxStepTokens: 512, maxOutRows: Math.max(64, maxStreams), maxBatchPrefillTokens: 512,
-      maxWaitingTokens: 20, waitingServedRatio: 0, maxConcurrentRequests: 512, loraSlots: Math.max(...counts), loraMaxRank: RANK,
-    });
+    const engine = await Engine.create(
+      dir,
+      benchEngineOptions({ kvBytes: 1.5 * 2 ** 30, maxOutRows: Math.max(64, maxStreams), maxConcurrentRequests: 512, loraSlots: Math.max(...counts), loraMaxRank: RANK }),
+    );
     const ours: { adapters: number; streams: number; wallTokS: number; baseWallTokS: number; ratio: number }[] = [];
     const naive: { adapters: number; wallTokS: number; oursOverNaive: number }[] = [];
     const base = new Map<number, number[]>();

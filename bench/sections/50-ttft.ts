@@ -3,7 +3,7 @@
 // sizes, preemption) belongs to the continuous-batching issue; this is the side-by-side percentile check.
 import { Engine } from "../../engine/src/engine.js";
 import { ttftOn } from "../lib/llama-cpp.js";
-import { engineTtft, percentile, prompts } from "../lib/measure.js";
+import { benchEngineOptions, engineTtft, percentile, prompts } from "../lib/measure.js";
 import { fmtX, ratio, type BenchSection, type SummaryRow } from "../lib/section.js";
 
 const PCTS = [50, 90, 99];
@@ -19,10 +19,7 @@ const section: BenchSection = {
     const gap = prefill && Number.isFinite(prefill) ? (1.5 * promptLen) / prefill : 1.5;
     const arrivals = Array.from({ length: n }, (_, i) => i * gap);
     const ps = prompts(n, promptLen, 23);
-    const engine = await Engine.create(ctx.benchModel("F32"), {
-      kvBytes: 512 << 20, blockSize: 16, maxStepTokens: 512, maxOutRows: 64, maxBatchPrefillTokens: 512,
-      maxWaitingTokens: 20, waitingServedRatio: 0, maxConcurrentRequests: 256,
-    });
+    const engine = await Engine.create(ctx.benchModel("F32"), benchEngineOptions({ kvBytes: 512 << 20, maxConcurrentRequests: 256 }));
     let ours;
     try {
       ours = await engineTtft(engine, ps, arrivals, newTokens);

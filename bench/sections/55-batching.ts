@@ -3,17 +3,14 @@
 // ones decode, against its budget: two decode steps plus its own prefill (both measured in this run).
 import { Engine, type StepEvent } from "../../engine/src/engine.js";
 import { DEFAULT_SAMPLING } from "../../engine/src/sampling.js";
-import { engineDecode, median, percentile, prompts } from "../lib/measure.js";
+import { benchEngineOptions, engineDecode, median, percentile, prompts } from "../lib/measure.js";
 import { fmtRate, fmtX, ratio, type BenchSection } from "../lib/section.js";
 
 const section: BenchSection = {
   name: "batching",
   describe: "aggregate decode tok/s at 1/4/16/64 streams (BF16), and TTFT of a short request joining 16 decoding ones",
   async run(ctx) {
-    const engine = await Engine.create(ctx.benchModel("BF16"), {
-      kvBytes: 1536 << 20, blockSize: 16, maxStepTokens: 640, maxOutRows: 128, maxBatchPrefillTokens: 512,
-      maxWaitingTokens: 20, waitingServedRatio: 0, maxConcurrentRequests: 256,
-    });
+    const engine = await Engine.create(ctx.benchModel("BF16"), benchEngineOptions({ kvBytes: 1536 << 20, maxStepTokens: 640, maxOutRows: 128, maxConcurrentRequests: 256 }));
     try {
       const levels = ctx.quick ? [1, 4, 16] : [1, 4, 16, 64];
       const rates: { streams: number; wallTokS: number }[] = [];

@@ -6,16 +6,13 @@ import fs from "node:fs";
 import path from "node:path";
 
 import { readMedusa } from "../../engine/src/adapters/formats/medusa.js";
-import { Engine, type EngineOptions } from "../../engine/src/engine.js";
+import { Engine } from "../../engine/src/engine.js";
 import { DEFAULT_SAMPLING } from "../../engine/src/sampling.js";
 import { DEMO_MODEL_DIR } from "../../server/src/config.js";
-import { median } from "../lib/measure.js";
+import { benchEngineOptions, median } from "../lib/measure.js";
 import { fmtRate, fmtX, ratio, skipped, type BenchSection } from "../lib/section.js";
 
-const OPTS: EngineOptions = {
-  kvBytes: 256 << 20, blockSize: 16, maxStepTokens: 512, maxOutRows: 256, maxBatchPrefillTokens: 256,
-  maxWaitingTokens: 20, waitingServedRatio: 0, maxConcurrentRequests: 64,
-};
+const OPTS = benchEngineOptions({ kvBytes: 256 << 20, maxOutRows: 256, maxBatchPrefillTokens: 256 });
 
 const PROMPTS = ["The meaning of life is", "A friend in need", "You will", "Never trust a", "The best way to", "In the beginning", "Love is", "Today is a good day to", "My computer", "Tell me", "Money is", "When in doubt"];
 

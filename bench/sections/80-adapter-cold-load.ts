@@ -12,7 +12,7 @@ import { DEFAULT_SAMPLING } from "../../engine/src/sampling.js";
 import { FakeHub } from "../../test/helpers/fake-hub.js";
 import { shapeOf, writeAdapter } from "../../test/helpers/lora.js";
 import { S3RVER_CREDENTIALS, TestS3 } from "../../test/helpers/s3.js";
-import { median } from "../lib/measure.js";
+import { benchEngineOptions, median } from "../lib/measure.js";
 import type { BenchSection } from "../lib/section.js";
 
 const quiet = { debug() {}, info() {}, warn() {}, error() {} };
@@ -23,10 +23,10 @@ const section: BenchSection = {
   async run(ctx) {
     const reps = ctx.quick ? 2 : 5;
     const work = fs.mkdtempSync(path.join(os.tmpdir(), "loraserve-bench-cold-"));
-    const engine = await Engine.create(ctx.benchModel("BF16"), {
-      kvBytes: 256 << 20, blockSize: 16, maxStepTokens: 256, maxOutRows: 16, maxBatchPrefillTokens: 256, maxWaitingTokens: 20,
-      waitingServedRatio: 0, maxConcurrentRequests: 16, loraSlots: 4, loraMaxRank: 64,
-    });
+    const engine = await Engine.create(
+      ctx.benchModel("BF16"),
+      benchEngineOptions({ kvBytes: 256 << 20, maxStepTokens: 256, maxOutRows: 16, maxBatchPrefillTokens: 256, maxConcurrentRequests: 16, loraSlots: 4, loraMaxRank: 64 }),
+    );
     const hub = await FakeHub.start();
     const s3 = await TestS3.start(["bench"]);
     try {

@@ -3,7 +3,7 @@
 // Constrained sequences are masked every step (xgrammar), so this is the cost of structured output.
 import { Engine } from "../../engine/src/engine.js";
 import { DEFAULT_SAMPLING } from "../../engine/src/sampling.js";
-import { median } from "../lib/measure.js";
+import { benchEngineOptions, median } from "../lib/measure.js";
 import { fmtRate, fmtX, ratio, type BenchSection } from "../lib/section.js";
 
 const SCHEMA = {
@@ -22,10 +22,7 @@ const section: BenchSection = {
   name: "constrained-decode",
   describe: "decode tok/s with a JSON-schema constraint ÷ unconstrained, batch 1 and 16 (BF16 bench model); mask time per token",
   async run(ctx) {
-    const engine = await Engine.create(ctx.benchModel("BF16"), {
-      kvBytes: 512 << 20, blockSize: 16, maxStepTokens: 512, maxOutRows: 64, maxBatchPrefillTokens: 512,
-      maxWaitingTokens: 20, waitingServedRatio: 0, maxConcurrentRequests: 64,
-    });
+    const engine = await Engine.create(ctx.benchModel("BF16"), benchEngineOptions({ kvBytes: 512 << 20 }));
     const newTokens = ctx.quick ? 24 : 48;
     // Tokens/s over the steps after the first token (prefill excluded), across all sequences.
     const rate = async (batch: number, constrained: boolean): Promise<number> => {
