@@ -616,8 +616,10 @@ export class Engine extends EventEmitter {
     this.scheduler.commit(entries, gained);
     // Prompt-lookup chains for the next step: as long as pays off now (0: none).
     let lookupLen: number | undefined;
-    const lookups = entries.filter((e) => this.outs.get(e.seq)?.spec?.lookup !== undefined).length;
-    if (lookups > 0 && this.lookupSizer) this.draftSize = lookupLen = this.lookupSizer.plan(lookups, entries.length - lookups, true).size;
+    if (this.lookupSizer) {
+      const lookups = entries.filter((e) => this.outs.get(e.seq)?.spec?.lookup !== undefined).length;
+      if (lookups > 0) this.draftSize = lookupLen = this.lookupSizer.plan(lookups, entries.length - lookups, true).size;
+    }
 
     for (const e of entries) {
       const seq = e.seq, out = this.outs.get(seq);

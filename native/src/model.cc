@@ -13,7 +13,6 @@
 #include <chrono>
 #include <cmath>
 #include <map>
-#include <numeric>
 #include <system_error>
 #include <thread>
 
