@@ -3,7 +3,7 @@
 // cancellations at random points free their blocks; n = 4 holds a long prompt's blocks once.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
-import type { Engine } from "../../engine/src/engine.js";
+import type { Engine, GenerationEvent } from "../../engine/src/engine.js";
 import { CancelledError } from "../../engine/src/errors.js";
 import { collect, greedy, rng, tinyEngine } from "../helpers/tiny.js";
 
@@ -105,8 +105,14 @@ describe("n sequences share the prompt", () => {
     expect(peak).toBeGreaterThanOrEqual(promptBlocks);
     // The prompt is computed once; each other sequence recomputes only its last token (for its first sample).
     expect(prefilled).toBe(500 + 3);
-    // The four equal four separate runs with seeds 3..6.
-    for (let i = 0; i < 4; i++) expect(res.ids[i]).toEqual((await collect(engine.generate({ prompt, params: greedy(8, { doSample: true, seed: BigInt(3 + i) }) }))).ids[0]);
+    // The four equal four separate runs with seeds 3..6, token for token and logprob for logprob (a copied
+    // block that lost its contents moves the logprobs before it moves a sampled token).
+    const logprobs = (events: GenerationEvent[], index: number) => events.flatMap((e) => (e.type === "token" && e.index === index ? [e.logprob] : []));
+    for (let i = 0; i < 4; i++) {
+      const alone = await collect(engine.generate({ prompt, params: greedy(8, { doSample: true, seed: BigInt(3 + i) }) }));
+      expect(res.ids[i]).toEqual(alone.ids[0]);
+      expect(logprobs(res.events, i)).toEqual(logprobs(alone.events, 0));
+    }
     expect(engine.scheduler.blocks.usedCount).toBe(0);
     engine.backend.close();
   });
