@@ -173,83 +173,141 @@ inline float dot(const float* a, const float* b, int n) {
   for (; i < n; i++) s = std::fma(a[i], b[i], s);
   return s;
 }
-// dot() of one query with four keys at once: four independent FMA chains instead of one (a lone 8-FMA chain
-// per key was latency bound), each chain the same operations as dot(), so the same results.
-inline void dot4(const float* a, const float* const* b, int n, float* out) {
-  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+// dot() of H queries with J keys at once (H·J = 8): eight independent FMA chains sharing their loads, finished
+// by one hsum8. Each chain is dot()'s sequence of operations, so each score equals dot() bit for bit.
+// Lane h·J + r of the result = q[h]·k[r].
+template <int H, int J>
+inline __m256 dot_hj(const float* const* q, const float* const* k, int n) {
+  static_assert(H * J == 8);
+  __m256 acc[8];
+  for (auto& v : acc) v = _mm256_setzero_ps();
   int i = 0;
   for (; i + 8 <= n; i += 8) {
-    const __m256 av = _mm256_loadu_ps(a + i);
-    for (int r = 0; r < 4; r++) acc[r] = _mm256_fmadd_ps(av, _mm256_loadu_ps(b[r] + i), acc[r]);
+    __m256 kv[J];
+    for (int r = 0; r < J; r++) kv[r] = _mm256_loadu_ps(k[r] + i);
+    for (int h = 0; h < H; h++) {
+      const __m256 qv = _mm256_loadu_ps(q[h] + i);
+      for (int r = 0; r < J; r++) acc[h * J + r] = _mm256_fmadd_ps(qv, kv[r], acc[h * J + r]);
+    }
   }
-  for (int r = 0; r < 4; r++) {
-    float s = hsum(acc[r]);
-    for (int k = i; k < n; k++) s = std::fma(a[k], b[r][k], s);
-    out[r] = s;
-  }
+  const __m256 s = hsum8(acc);
+  if (i == n) return s;
+  alignas(32) float out[8];
+  _mm256_store_ps(out, s);
+  for (; i < n; i++)
+    for (int h = 0; h < H; h++)
+      for (int r = 0; r < J; r++) out[h * J + r] = std::fma(q[h][i], k[r][i], out[h * J + r]);
+  return _mm256_load_ps(out);
 }
-// o[d0 .. d0 + 8·NV) = Σ_j p[j]·v_j, accumulated in registers over j in order (the same per-element sequence
-// of FMAs from zero as accumulating row by row into memory, so the same results, without a load and store per key).
-template <int NV>
-inline void pv_chunk(const float* p, int j0, int L, const AttnArgs& a, const int32_t* bt, int kh, int d0, float* o) {
-  __m256 acc[NV];
-  for (int r = 0; r < NV; r++) acc[r] = _mm256_setzero_ps();
+// o_h[d0 .. d0 + 8·NV) = Σ_j p_h[j]·v_j for H heads sharing each loaded V chunk, accumulated in registers over j
+// in order: per element the same FMA sequence from zero as accumulating row by row. A key no head weighs is
+// skipped; one that only some heads weigh adds p·v = 0 to the others, which leaves a finite sum unchanged.
+template <int NV, int H>
+inline void pv_chunk(const float* const* p, int j0, int L, const float* v_cache, const int64_t* row, int d0,
+                     float* const* o) {
+  __m256 acc[H][NV];
+  for (auto& hv : acc)
+    for (auto& v : hv) v = _mm256_setzero_ps();
   for (int j = j0; j < L; j++) {
-    if (p[j] == 0.f) continue;
-    const float* vv = a.v_cache + ((int64_t(bt[j / a.block_size]) * a.n_kv + kh) * a.block_size + j % a.block_size) * a.head_dim + d0;
-    const __m256 pv = _mm256_set1_ps(p[j]);
-    for (int r = 0; r < NV; r++) acc[r] = _mm256_fmadd_ps(pv, _mm256_loadu_ps(vv + 8 * r), acc[r]);
+    bool any = false;
+    for (int h = 0; h < H; h++) any |= p[h][j] != 0.f;
+    if (!any) continue;
+    const float* vv = v_cache + row[j] + d0;
+    __m256 vc[NV];
+    for (int r = 0; r < NV; r++) vc[r] = _mm256_loadu_ps(vv + 8 * r);
+    for (int h = 0; h < H; h++) {
+      const __m256 pv = _mm256_set1_ps(p[h][j]);
+      for (int r = 0; r < NV; r++) acc[h][r] = _mm256_fmadd_ps(pv, vc[r], acc[h][r]);
+    }
   }
-  for (int r = 0; r < NV; r++) _mm256_storeu_ps(o + d0 + 8 * r, acc[r]);
+  for (int h = 0; h < H; h++)
+    for (int r = 0; r < NV; r++) _mm256_storeu_ps(o[h] + d0 + 8 * r, acc[h][r]);
+}
+// Σ_j p_h[j]·v_j over all of head_dim for H heads: NV-vector chunks while they fit, then lone lanes.
+template <int H>
+inline void pv_heads(const float* const* p, int j0, int L, const float* v_cache, const int64_t* row, int hd,
+                     float* const* o) {
+  const int hv = hd & ~7;
+  int d0 = 0;
+  if constexpr (H == 1)
+    for (; d0 + 64 <= hv; d0 += 64) pv_chunk<8, 1>(p, j0, L, v_cache, row, d0, o);
+  for (; d0 + 32 <= hv; d0 += 32) pv_chunk<4, H>(p, j0, L, v_cache, row, d0, o);
+  for (; d0 + 8 <= hv; d0 += 8) pv_chunk<1, H>(p, j0, L, v_cache, row, d0, o);
+  for (; d0 < hd; d0++)
+    for (int h = 0; h < H; h++) {
+      float acc = 0.f;
+      for (int j = j0; j < L; j++)
+        if (p[h][j] != 0.f) acc = std::fma(p[h][j], v_cache[row[j] + d0], acc);
+      o[h][d0] = acc;
+    }
 }
 }  // namespace
 
+// Work unit: one query token × one KV head, i.e. the `group` query heads that share that head. Scores are taken
+// for two heads × four keys at a time (one head × eight keys without GQA), values are summed for two heads per
+// loaded V row. A unit first lists where each of its KV rows sits (row offsets, the same in the K and V caches),
+// walking the block table block by block instead of dividing per key.
 void attention(ThreadPool& pool, const AttnArgs& a, const float* q, float* out) {
   const int hd = a.head_dim, group = a.n_heads / a.n_kv, bs = a.block_size;
   const int64_t units = int64_t(a.T) * a.n_kv;
   int64_t work = 0;
   for (int t = 0; t < a.T; t++) work += int64_t(a.kv_len[t]) * a.n_heads * hd * 2;
-  // Strided over threads: later prefill tokens see longer contexts, contiguous chunks would be unbalanced.
+  // Units run KV head by KV head, tokens strided over threads: both threads then read one head's rows, which
+  // stay in cache, and later prefill tokens (longer contexts) are spread evenly.
   auto body = [&](int tid, int nt) {
-    thread_local std::vector<float> sc;
+    thread_local std::vector<float> sc;    // [group][L] scores, then probabilities
+    thread_local std::vector<int64_t> row;  // [L] float offset of KV row j in either cache
     for (int64_t u = tid; u < units; u += nt) {
-      const int t = int(u / a.n_kv), kh = int(u % a.n_kv);
+      const int kh = int(u / a.T), t = int(u % a.T);
       const int L = a.kv_len[t], j0 = a.kv_begin ? a.kv_begin[t] : 0;
       const int32_t* bt = a.block_table[t];
       if (sc.size() < size_t(L) * group) sc.resize(size_t(L) * group);
-      // scores[g][j] for the q heads sharing this kv head, four keys at a time
-      auto key = [&](int j) { return a.k_cache + ((int64_t(bt[j / bs]) * a.n_kv + kh) * bs + j % bs) * hd; };
-      int j = j0;
-      for (; j + 4 <= L; j += 4) {
-        const float* kv[4] = {key(j), key(j + 1), key(j + 2), key(j + 3)};
-        for (int g = 0; g < group; g++) {
-          float d[4];
-          dot4(q + (int64_t(t) * a.n_heads + kh * group + g) * hd, kv, hd, d);
-          for (int r = 0; r < 4; r++) sc[size_t(g) * L + j + r] = attn_visible(a, t, j + r) ? d[r] * a.scale : -INFINITY;
-        }
+      if (row.size() < size_t(L)) row.resize(L);
+      for (int j = j0, b = j0 / bs, o = j0 % bs; j < L; b++, o = 0) {
+        const int64_t base = (int64_t(bt[b]) * a.n_kv + kh) * bs;
+        for (; o < bs && j < L; o++, j++) row[j] = (base + o) * hd;
       }
-      for (; j < L; j++) {
-        const bool vis = attn_visible(a, t, j);
-        for (int g = 0; g < group; g++) {
-          const float* qv = q + (int64_t(t) * a.n_heads + kh * group + g) * hd;
-          sc[size_t(g) * L + j] = vis ? dot(qv, key(j), hd) * a.scale : -INFINITY;
+      const float* qh = q + (int64_t(t) * a.n_heads + int64_t(kh) * group) * hd;  // [group][hd]
+      auto key = [&](int j) { return a.k_cache + row[j]; };
+      float* s0 = sc.data();  // head g's scores at s0 + g·L
+      const __m256 scale = _mm256_set1_ps(a.scale);
+      const int H = group == 1 ? 1 : 2, J = 8 / H;
+      int g = 0;
+      for (; g + H <= group; g += H) {
+        const float* qs[2] = {qh + int64_t(g) * hd, qh + int64_t(g + H - 1) * hd};
+        float* sg = s0 + size_t(g) * L;
+        int j = j0;
+        for (; j + J <= L; j += J) {
+          const float* ks[8];
+          for (int r = 0; r < J; r++) ks[r] = key(j + r);
+          if (H == 2) {
+            const __m256 d = _mm256_mul_ps(dot_hj<2, 4>(qs, ks, hd), scale);
+            _mm_storeu_ps(sg + j, _mm256_castps256_ps128(d));
+            _mm_storeu_ps(sg + L + j, _mm256_extractf128_ps(d, 1));
+          } else {
+            _mm256_storeu_ps(sg + j, _mm256_mul_ps(dot_hj<1, 8>(qs, ks, hd), scale));
+          }
         }
+        for (; j < L; j++)
+          for (int h = 0; h < H; h++) sg[size_t(h) * L + j] = dot(qs[h], key(j), hd) * a.scale;
       }
-      const int hv = hd & ~7;
-      for (int g = 0; g < group; g++) {
-        float* s = sc.data() + size_t(g) * L;
-        softmax(s + j0, L - j0);
-        float* o = out + (int64_t(t) * a.n_heads + kh * group + g) * hd;
-        int d0 = 0;
-        for (; d0 + 64 <= hv; d0 += 64) pv_chunk<8>(s, j0, L, a, bt, kh, d0, o);
-        for (; d0 + 32 <= hv; d0 += 32) pv_chunk<4>(s, j0, L, a, bt, kh, d0, o);
-        for (; d0 + 8 <= hv; d0 += 8) pv_chunk<1>(s, j0, L, a, bt, kh, d0, o);
-        for (; d0 < hd; d0++) {
-          float acc = 0.f;
-          for (int jj = j0; jj < L; jj++)
-            if (s[jj] != 0.f) acc = std::fma(s[jj], a.v_cache[((int64_t(bt[jj / bs]) * a.n_kv + kh) * bs + jj % bs) * hd + d0], acc);
-          o[d0] = acc;
-        }
+      for (; g < group; g++)  // the odd head out
+        for (int j = j0; j < L; j++) s0[size_t(g) * L + j] = dot(qh + int64_t(g) * hd, key(j), hd) * a.scale;
+      if (a.tree_base)  // speculative rows: keys outside the token's tree branch are not seen
+        for (int j = std::max(j0, a.tree_base[t]); j < L; j++)
+          if (!attn_visible(a, t, j))
+            for (g = 0; g < group; g++) s0[size_t(g) * L + j] = -INFINITY;
+      for (g = 0; g < group; g++) softmax(sc.data() + size_t(g) * L + j0, L - j0);
+      float* oh = out + (int64_t(t) * a.n_heads + int64_t(kh) * group) * hd;  // [group][hd]
+      for (g = 0; g + 2 <= group; g += 2) {
+        const float* ps[2] = {sc.data() + size_t(g) * L, sc.data() + size_t(g + 1) * L};
+        float* os[2] = {oh + int64_t(g) * hd, oh + int64_t(g + 1) * hd};
+        pv_heads<2>(ps, j0, L, a.v_cache, row.data(), hd, os);
+      }
+      for (; g < group; g++) {
+        const float* ps[1] = {sc.data() + size_t(g) * L};
+        float* os[1] = {oh + int64_t(g) * hd};
+        pv_heads<1>(ps, j0, L, a.v_cache, row.data(), hd, os);
       }
     }
   };
