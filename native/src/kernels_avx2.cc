@@ -359,7 +359,7 @@ void lora(ThreadPool& pool, const float* x, int d_in, float* y, int d_out, const
       xs.resize(size_t(n) * d_in);
       s.resize(size_t(n) * G.rank);
       for (int i = 0; i < n; i++) std::copy_n(x + int64_t(G.tok[i0 + i]) * d_in, d_in, xs.data() + int64_t(i) * d_in);
-      if (G.dtype == DType::BF16) permute_bf16_x(xs.data(), n, d_in, xs.data());  // BF16 tiles' lane order
+      if (G.dtype == DType::BF16) stage_x(xs.data(), 0, n, d_in, true, xs.data(), d_in);  // BF16 tiles' lane order
       const int64_t kvec = d_in & ~7;
       auto run = [&](auto d_tag) {
         constexpr DType D = decltype(d_tag)::value;
