@@ -22,13 +22,13 @@ const section: BenchSection = {
       const companion: CoreCompanion | undefined = model && { prefill: (p) => model.prefill(p), decode: (ps, n) => model.decode(ps, n) };
       ctx.log(`${dtype}: measuring${model ? " with llama.cpp after each figure" : " (no peer: ours only)"}`);
       try {
-        const r = await benchCore(dtype, ctx.quick, ctx.hardware.bandwidth, { companion, concurrency, prefillReps: ctx.quick ? 1 : 2, newTokens: ctx.quick ? 5 : 16, decodePromptLen: ctx.quick ? 4 : 16 });
+        const r = await benchCore(dtype, ctx.quick, { companion, concurrency, prefillReps: ctx.quick ? 1 : 2, newTokens: ctx.quick ? 5 : 16, decodePromptLen: ctx.quick ? 4 : 16 });
         const ratios: Record<string, number> = {};
         if (r.companion) {
           ratios.prefill = ratio(r.prefillWallTokS, r.companion.prefillTokS);
           for (const d of r.decode) ratios[`decode${d.concurrency}`] = ratio(d.wallTokS, r.companion.decode.find((x) => x.concurrency === d.concurrency)!.tokS);
         }
-        ratios.roofline = ratio(r.decode[0].wallTokS, r.rooflineTokS);
+        ratios.roofline = r.rooflineFraction;
         runs.push({ ...r, ratios });
         ctx.log(
           `${dtype}: prefill ${fmtRate(r.prefillWallTokS)} vs ${fmtRate(r.companion?.prefillTokS ?? NaN)}; decode ` +
@@ -79,7 +79,7 @@ const section: BenchSection = {
       });
     charts.push({
       kind: "bars", file: "engine-vs-roofline.png", title: "Batch-1 decode against the memory roofline",
-      subtitle: `roofline = best read bandwidth probed around the run (${runs.map((r) => `${r.dtype} ${(r.rooflineBandwidth / 1e9).toFixed(1)}`).join(", ")} GB/s) ÷ weight bytes per token`, yLabel: "tokens/s",
+      subtitle: `roofline = read bandwidth probed just before and after each batch-1 run, median (${runs.map((r) => `${r.dtype} ${(r.rooflineBandwidth / 1e9).toFixed(1)}`).join(", ")} GB/s) ÷ weight bytes per token`, yLabel: "tokens/s",
       categories: runs.map((r) => r.dtype),
       series: [
         { name: "loraserve", values: runs.map((r) => r.decode[0].wallTokS) },
