@@ -18,7 +18,7 @@ describe("fast kernels match the reference", () => {
 
   const shapes: [number, number, number][] = [
     [1, 1, 1], [1, 7, 5], [1, 8, 16], [1, 300, 33], [2, 9, 17], [3, 31, 4], [4, 257, 19], [5, 64, 3],
-    [7, 1023, 40], [17, 256, 48], [33, 520, 21], [64, 96, 70],
+    [7, 1023, 40], [17, 256, 48], [33, 520, 21], [64, 96, 70], [40, 5, 9], [37, 1030, 27],
   ];
   for (const dtype of ["F32", "BF16", "F16"] as DType[]) {
     it.each(shapes)(`linear ${dtype} T=%i K=%i N=%i, with bias and accumulate`, (T, K, N) => {
@@ -53,9 +53,9 @@ describe("fast kernels match the reference", () => {
       ctx.skip();
     }
     // T 1 (GEMV), 2-3 (direct), 4-32 (the AVX-512 build reads weights directly in token groups, the AVX2 build
-    // converts blocks), 33+ (both convert blocks); K across the 8-lane tail and the 256-k slices; N across the
-    // 8- and 4-row tiles.
-    for (const [T, K, N] of [[1, 1024, 67], [1, 37, 9], [2, 300, 33], [3, 520, 21], [4, 64, 13], [5, 200, 19], [8, 1000, 24], [17, 777, 45], [32, 300, 41], [33, 96, 11], [64, 96, 70]])
+    // converts blocks), 33+ (both convert blocks); K across the 8-lane tail, below one lane (K = 5) and past a
+    // padded 1024; N across the 8- and 4-row tiles.
+    for (const [T, K, N] of [[1, 1024, 67], [1, 37, 9], [2, 300, 33], [3, 520, 21], [4, 64, 13], [5, 200, 19], [8, 1000, 24], [17, 777, 45], [32, 300, 41], [33, 96, 11], [64, 96, 70], [40, 5, 9], [37, 1030, 27]])
       for (const dtype of [0, 1, 2]) {
         const w = new Uint8Array(encodeTensor(randn(N * K, 0.5), (["F32", "F16", "BF16"] as DType[])[dtype]));
         const args = { x: randn(T * K), T, K, N, w, dtype, bias: randn(N) };
@@ -97,12 +97,14 @@ describe("fast kernels match the reference", () => {
   });
 
   it.each([
-    [1, 4, 4, 8, 0],
-    [5, 4, 2, 16, 0],
-    [7, 6, 2, 24, 3],
-    [16, 8, 1, 64, 0],
-    [9, 4, 4, 36, 5],
-  ])("paged attention T=%i heads=%i kv=%i head_dim=%i window=%i", (T, heads, kvHeads, hd, window) => {
+    [1, 4, 4, 8, 0, false],
+    [5, 4, 2, 16, 0, false],
+    [7, 6, 2, 24, 3, false],
+    [16, 8, 1, 64, 0, false],
+    [9, 4, 4, 36, 5, false],
+    [6, 8, 4, 64, 0, true],
+    [4, 6, 2, 20, 0, true],
+  ])("paged attention T=%i heads=%i kv=%i head_dim=%i window=%i tree=%s", (T, heads, kvHeads, hd, window, tree) => {
     const bs = 4, nBlocks = 40, maxBlocks = 12;
     const k1 = randn(nBlocks * kvHeads * bs * hd), v1 = randn(nBlocks * kvHeads * bs * hd);
     // Tokens from different sequences with scattered block tables and different context lengths.
@@ -113,7 +115,10 @@ describe("fast kernels match the reference", () => {
       kvLen[t] = 1 + Math.floor(R(maxBlocks * bs - 1));
       kvBegin[t] = window ? Math.max(0, kvLen[t] - window) : 0;
     }
-    const args = { q: randn(T * heads * hd), k: k1, v: v1, T, heads, kvHeads, headDim: hd, blockSize: bs, scale: 1 / Math.sqrt(hd), maxBlocks, tables, kvLen, kvBegin };
+    // Speculative rows: of the last five KV slots, each row sees a different subset (always its first and own).
+    const treeBase = tree ? Int32Array.from(kvLen, (l) => Math.max(0, l - 5)) : undefined;
+    const treeMask = tree ? BigUint64Array.from(kvLen, (_, i) => BigInt(0b10001 | (1 << (i % 5)))) : undefined;
+    const args = { q: randn(T * heads * hd), k: k1, v: v1, T, heads, kvHeads, headDim: hd, blockSize: bs, scale: 1 / Math.sqrt(hd), maxBlocks, tables, kvLen, kvBegin, treeBase, treeMask };
     const [a, b] = both("attention", args);
     expect(maxDiff(a, b)).toBeLessThan(1e-5);
   });
