@@ -9,6 +9,7 @@
       "sources": [
         "native/src/addon.cc",
         "native/src/backend_cpu.cc",
+        "native/src/fileread.cc",
         "native/src/kernels_ref.cc",
         "native/src/kernels_avx2.cc",
         "native/src/kernels_avx512.cc",

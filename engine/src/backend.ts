@@ -24,6 +24,12 @@ export interface BackendOptions {
   device?: NativeDevice;
   /** Convert weight matrices to this dtype at load; default: as stored. */
   dtype?: DType;
+  /**
+   * Leave the weights in read-only mappings of their files (the page cache, shared with other processes; a
+   * faster start) instead of reading them into huge-page memory, which the CPU backend does by default (decode
+   * streams every weight each step, ~10% faster than through 4 KiB pages). CUDA uploads from a mapping anyway.
+   */
+  mapWeights?: boolean;
   loraSlots: number;
   loraMaxRank: number;
 }
@@ -133,6 +139,7 @@ export class Backend {
         reference: opts.reference ?? false,
         device: opts.device ?? "auto",
         weightDtype: opts.dtype ? DTYPE_CODE[opts.dtype] : -1,
+        mapWeights: opts.mapWeights ?? false,
         loraSlots: opts.loraSlots,
         loraMaxRank: opts.loraMaxRank,
       });

@@ -40,6 +40,8 @@ export interface NativeLoadOptions {
   /** cpu | cuda | auto (cuda when `cuda.usable`, else cpu; reference forces cpu). */
   device: NativeDevice;
   weightDtype: number; // -1 = as stored
+  /** Keep weights in file mappings instead of reading them into huge-page memory (CPU backend). */
+  mapWeights: boolean;
   loraSlots: number;
   loraMaxRank: number;
 }

@@ -4,20 +4,16 @@
 // the hardware probes for benchmarks are exposed here too.
 #include <napi.h>
 
-#include <fcntl.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <atomic>
-#include <cerrno>
 #include <cstring>
 #include <chrono>
 #include <cmath>
 #include <memory>
-#include <system_error>
 #include <thread>
 
+#include "fileread.h"
 #include "model.h"
 #include "probe.h"
 
@@ -507,6 +503,7 @@ Napi::Value LoadModel(const Napi::CallbackInfo& info) {
   opt.max_out_rows = get_int(o, "maxOutRows", 64);
   opt.threads = get_int(o, "threads", 0);
   opt.reference = get_bool(o, "reference", false);
+  opt.map_weights = get_bool(o, "mapWeights", false);
   opt.weight_dtype = get_int(o, "weightDtype", -1);
   opt.lora_slots = get_int(o, "loraSlots", 0);
   opt.lora_max_rank = get_int(o, "loraMaxRank", 128);
@@ -739,97 +736,33 @@ class ReadFileWorker : public Napi::AsyncWorker {
  public:
   ReadFileWorker(Napi::Env env, std::string path) : Napi::AsyncWorker(env), path_(std::move(path)), deferred_(env) {}
   Napi::Promise promise() { return deferred_.Promise(); }
-  void Execute() override {
-    const int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return fail("cannot open");
-    struct stat sb;
-    if (::fstat(fd, &sb) != 0) return ::close(fd), fail("cannot stat");
-    size_ = size_t(sb.st_size);
-    if (size_ > 0) {
-      void* p = ::mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-      if (p == MAP_FAILED) return ::close(fd), fail("cannot map " + std::to_string(size_) + " bytes of memory for");
-      data_ = static_cast<uint8_t*>(p);
-      // Two halves on two threads for large files (this worker and one helper): populating fresh pages and
-      // copying from the page cache are both per-core costs (28.7 MB: 14 ms on one thread, 7.6 on two).
-      const size_t half = size_ >= kSplitBytes && std::thread::hardware_concurrency() > 1 ? size_ / 2 / 4096 * 4096 : size_;
-      int err_back = 0;
-      size_t got_back = size_ - half;
-      std::thread helper;
-      if (half < size_) {
-        try {
-          helper = std::thread([&] { err_back = read_range(fd, half, size_, &got_back); });
-        } catch (const std::system_error&) {
-          got_back = 0;
-          err_back = read_range(fd, half, size_, &got_back);
-        }
-      }
-      size_t got_front = 0;
-      int err_front = read_range(fd, 0, half, &got_front);
-      if (helper.joinable()) helper.join();
-      if (err_front || err_back) return ::close(fd), errno = err_front ? err_front : err_back, fail("cannot read");
-      // A file that shrank while read ends at the first short range: the parser reports the truncation.
-      read_ = got_front < half ? got_front : half + got_back;
-    }
-    ::close(fd);
-  }
+  void Execute() override { status_ = lx::read_whole_file(path_, false, &bytes_); }
   void OnOK() override {
-    if (!err_.empty()) {
-      release();
-      return deferred_.Reject(Napi::Error::New(Env(), err_).Value());
-    }
-    if (!data_) return deferred_.Resolve(Napi::ArrayBuffer::New(Env(), 0));
-    uint8_t* d = data_;
-    const size_t mapped = size_;
-    data_ = nullptr;
+    if (!status_.ok()) return deferred_.Reject(Napi::Error::New(Env(), status_.message).Value());
+    if (!bytes_.data) return deferred_.Resolve(Napi::ArrayBuffer::New(Env(), 0));
+    const lx::FileBytes b = bytes_;
+    bytes_ = lx::FileBytes{};
     // V8 counts an ArrayBuffer's bytes as external memory and starts a full collection when that grows by
     // 64 MB or so: every second adapter read did, and the mark-compact stalled the load 10-40 ms on a 2-core
     // machine. These bytes live as long as the adapter registry holds them (a collection cannot free them), so
     // they are taken back out of that count and put back when the buffer is freed. process.memoryUsage()
     // still reports them under external / arrayBuffers.
-    const int64_t counted = int64_t(read_);
-    Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(Env(), d, read_, [mapped, counted](Napi::Env env, void* p) {
+    const int64_t counted = int64_t(b.size);
+    const size_t mapped = b.mapped;
+    Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(Env(), b.data, b.size, [mapped, counted](Napi::Env env, void* p) {
       ::munmap(p, mapped);
       Napi::MemoryManagement::AdjustExternalMemory(env, counted);
     });
     Napi::MemoryManagement::AdjustExternalMemory(Env(), -counted);
     deferred_.Resolve(ab);
   }
-  void OnError(const Napi::Error& e) override {
-    release();
-    deferred_.Reject(e.Value());
-  }
-  ~ReadFileWorker() override { release(); }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+  ~ReadFileWorker() override { lx::release_file_bytes(&bytes_); }
 
  private:
-  static constexpr size_t kSplitBytes = size_t(4) << 20;
-  // Populates [from, to) of data_ (where the kernel can do it in one call) and reads the file's bytes there;
-  // *got is how many arrived (fewer at end of file). Returns 0 or the errno.
-  int read_range(int fd, size_t from, size_t to, size_t* got) {
-#ifdef MADV_POPULATE_WRITE
-    if (to > from) ::madvise(data_ + from, to - from, MADV_POPULATE_WRITE);  // best effort: pread faults otherwise
-#endif
-    size_t off = from;
-    while (off < to) {
-      const ssize_t n = ::pread(fd, data_ + off, to - off, off_t(off));
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) return errno;
-      if (n == 0) break;
-      off += size_t(n);
-    }
-    *got = off - from;
-    return 0;
-  }
-  void fail(const std::string& what) {
-    err_ = what + " " + path_ + ": " + std::strerror(errno);
-    release();
-  }
-  void release() {
-    if (data_) ::munmap(data_, size_);
-    data_ = nullptr;
-  }
-  std::string path_, err_;
-  uint8_t* data_ = nullptr;
-  size_t size_ = 0, read_ = 0;
+  std::string path_;
+  Status status_;
+  lx::FileBytes bytes_;
   Napi::Promise::Deferred deferred_;
 };
 

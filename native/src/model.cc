@@ -1,4 +1,4 @@
-// Model loading (mapped safetensors ranges, shape checks, optional dtype conversion), the forward pass of the
+// Model loading (safetensors ranges read into memory or mapped, shape checks, optional dtype conversion), the forward pass of the
 // Llama family (Llama, Mistral, Qwen2), paged KV writes, the LoRA pool, and handing rows to the sampler.
 // Tensor names and ranges come from the TypeScript loader; this file trusts none of them without checking.
 #include "model.h"
@@ -15,6 +15,8 @@
 #include <map>
 #include <system_error>
 #include <thread>
+
+#include "fileread.h"
 
 namespace lx {
 
@@ -97,11 +99,21 @@ Status Model::load(const LoadOptions& opt, std::unique_ptr<Model>* out) {
   m->reference_ = opt.reference;
   Backend& be = *m->be_;
 
-  // Map every file once (or take the caller's in-memory files).
+  // Each file once: read into huge-page memory on the CPU backend when used as stored (see
+  // LoadOptions::map_weights), else mapped; or the caller's in-memory files.
+  const bool read_in = be.host_memory() && !opt.map_weights && opt.weight_dtype < 0;
   std::vector<size_t> sizes;
   std::vector<const void*> bases;
   for (const auto& mf : opt.memory_files) bases.push_back(mf.first), sizes.push_back(mf.second);
   for (const std::string& path : opt.memory_files.empty() ? opt.files : std::vector<std::string>{}) {
+    if (read_in) {
+      FileBytes fb;
+      LX_TRY(read_whole_file(path, true, &fb));
+      m->maps_.emplace_back(fb.data, fb.mapped);
+      bases.push_back(fb.data);
+      sizes.push_back(fb.size);
+      continue;
+    }
     int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) return Status::Io("cannot open weights file " + path + ": " + std::strerror(errno));
     struct stat st;

@@ -126,6 +126,18 @@ describe("native step refuses bad input and keeps working", () => {
     expect(ok.tokens[0]).toBeGreaterThanOrEqual(0);
   });
 
+  it("weights read into memory (the CPU default) and left in file mappings (mapWeights) give the same logits", async () => {
+    const mapped = await Backend.load(src, { ...OPTS, mapWeights: true });
+    try {
+      const input = { tokens: [3, 1, 4, 1, 5].map((t, i) => ({ token: t, position: i, seq: 0, adapterSlot: -1 })), sequences: [{ blockTable: [0, 1] }], outRows: [4], rows: [row], wantLogits: true };
+      const a = await be.step(input), b = await mapped.step(input);
+      expect(Array.from(b.logits!)).toEqual(Array.from(a.logits!));
+      expect(b.logits!.some((v) => v !== 0)).toBe(true);
+    } finally {
+      mapped.close();
+    }
+  });
+
   it("copies whole KV blocks before the step: a decode over the copies equals one over the originals", async () => {
     const prompt = [5, 9, 13, 17, 21, 25, 29, 33, 37, 41]; // blocks of 8: the second holds two tokens
     await step(prompt, [0, 1]);
