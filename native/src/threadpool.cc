@@ -1,14 +1,21 @@
-// ThreadPool: generation-counter handoff with a bounded spin, then a condition variable.
+// ThreadPool: generation-counter handoff with a bounded spin, a bounded yield loop, then a condition variable.
 // Owns only thread lifetime and the barrier; what runs is the caller's business.
 #include "threadpool.h"
+
+#include <chrono>
 
 // No PAUSE in the spin loops: under a hypervisor with pause-loop exiting, a vCPU spinning on PAUSE is
 // descheduled, turning a microsecond handoff into milliseconds. Plain loads of the atomic spin instead.
 #define LX_PAUSE() std::atomic_signal_fence(std::memory_order_seq_cst)
 
-// Spin iterations (a few microseconds) before a worker sleeps or the caller yields the core: longer spins
-// steal the core from whoever holds the work when the machine is shared (measured: 5× slower steps).
+// Spin iterations (about a microsecond) before a worker starts yielding or the caller yields the core: longer
+// plain spins steal the core from whoever holds the work when the machine is shared (measured: 5× slower steps).
 constexpr int kSpins = 4000;
+// Then a worker yields its core in a loop for up to this long before it sleeps. A decode step runs ~200
+// parallel regions with a few microseconds of serial work between them; a sleeping worker took 11-20 µs on
+// average to start its share (measured on the bench model), and the caller waited that long at each region's
+// end. A yield hands the core to any runnable thread, so this wait takes nothing from a busy machine.
+constexpr auto kYieldWait = std::chrono::microseconds(200);
 
 namespace lx {
 
@@ -31,9 +38,15 @@ void ThreadPool::worker(int tid) {
   for (;;) {
     uint64_t g;
     int spins = 0;
+    std::chrono::steady_clock::time_point yield_until;
     while ((g = generation_.load(std::memory_order_acquire)) == seen) {
       if (++spins < kSpins) {
         LX_PAUSE();
+        continue;
+      }
+      if (spins == kSpins) yield_until = std::chrono::steady_clock::now() + kYieldWait;
+      if (std::chrono::steady_clock::now() < yield_until) {
+        std::this_thread::yield();
         continue;
       }
       std::unique_lock<std::mutex> lk(mu_);
