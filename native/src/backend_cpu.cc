@@ -1,14 +1,9 @@
 // The CPU backend: routes each op to the reference or the fast kernel, owns the thread pool, and gives host
-// memory as op memory (large blocks in 2 MiB pages; weights stay where the model put them). Also the device
-// selection. Kernel code lives in kernels_ref.cc / kernels_avx2.cc; the few data moves here (embedding rows,
-// row copies) are plain loops.
-#include <sys/mman.h>
-
+// memory as op memory (weights stay in the mapped files). Also the device selection. Kernel code lives in
+// kernels_ref.cc / kernels_avx2.cc; the few data moves here (embedding rows, row copies) are plain loops.
 #include <cmath>
 #include <cstdlib>
-#include <mutex>
 #include <thread>
-#include <unordered_map>
 
 #include "backend.h"
 #include "sampler.h"
@@ -71,39 +66,13 @@ class CpuBackend final : public Backend {
     return Status::Ok();
   }
 
-  // Blocks from kHugeBytes up (the KV pool, LoRA slots) get a mapping of their own in 2 MiB pages: decode
-  // streams them every step, like the weights (see fileread.h). Smaller ones come from the heap.
   Status alloc(size_t bytes, Buffer* out) override {
-    if (bytes >= kHugeBytes) {
-      void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-      if (p == MAP_FAILED) return Status::NoMem("cannot map " + std::to_string(bytes) + " bytes of host memory");
-#ifdef MADV_HUGEPAGE
-      ::madvise(p, bytes, MADV_HUGEPAGE);
-#endif
-      {
-        std::lock_guard<std::mutex> lk(mapped_mu_);
-        mapped_[p] = bytes;
-      }
-      *out = Buffer(p, BufferFree{this});
-      return Status::Ok();
-    }
     void* p = std::calloc(bytes ? bytes : 1, 1);
     if (!p) return Status::NoMem("cannot allocate " + std::to_string(bytes) + " bytes of host memory");
     *out = Buffer(p, BufferFree{this});
     return Status::Ok();
   }
-  void release(void* p) override {
-    {
-      std::lock_guard<std::mutex> lk(mapped_mu_);
-      auto it = mapped_.find(p);
-      if (it != mapped_.end()) {
-        ::munmap(p, it->second);
-        mapped_.erase(it);
-        return;
-      }
-    }
-    std::free(p);
-  }
+  void release(void* p) override { std::free(p); }
   Status upload(void* dst, const void* host, size_t bytes) override {
     if (bytes) std::memcpy(dst, host, bytes);
     return Status::Ok();
@@ -134,9 +103,6 @@ class CpuBackend final : public Backend {
   bool wide_;  // linear() through the AVX-512VL build of the fast GEMM
   std::string why_;
   ThreadPool pool_;
-  static constexpr size_t kHugeBytes = size_t(2) << 20;
-  std::mutex mapped_mu_;
-  std::unordered_map<void*, size_t> mapped_;  // alloc()'s own mappings and their sizes
 };
 
 }  // namespace
