@@ -121,6 +121,8 @@ export interface NativeModel {
     backend: string;
     threads: number;
     weightBytes: number;
+    /** The weights were read into (huge-page) memory; false: they stay in file mappings (--mmap-weights, CUDA, or too little memory free). */
+    weightsInMemory: boolean;
     /** Bytes per LoRA factor element in a slot: 2 (BF16, CPU with a half-precision base model) or 4. */
     loraElementBytes: number;
     kvBytes: number;

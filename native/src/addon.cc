@@ -318,6 +318,7 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   o.Set("backend", m.backend().name());
   o.Set("threads", m.backend().threads());
   o.Set("weightBytes", double(m.weight_bytes()));
+  o.Set("weightsInMemory", m.weights_in_memory());
   o.Set("loraElementBytes", double(m.lora_element_bytes()));
   o.Set("kvBytes", double(m.kv_bytes()));
   o.Set("kvBlocks", m.kv_blocks());

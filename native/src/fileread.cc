@@ -6,7 +6,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <system_error>
 #include <thread>
@@ -88,6 +90,32 @@ Status read_whole_file(const std::string& path, bool huge_pages, FileBytes* out)
   // A file that shrank while read ends at the first short range: the parser reports the truncation.
   out->size = got_front < half ? got_front : half + got_back;
   return Status::Ok();
+}
+
+size_t available_memory_bytes() {
+  size_t avail = 0;
+  if (FILE* f = std::fopen("/proc/meminfo", "r")) {
+    char line[256];
+    unsigned long long kb = 0;
+    while (std::fgets(line, sizeof line, f))
+      if (std::sscanf(line, "MemAvailable: %llu kB", &kb) == 1) {
+        avail = size_t(kb) * 1024;
+        break;
+      }
+    std::fclose(f);
+  }
+  // A container's limit (cgroup v2) less what the group already uses.
+  auto read_u64 = [](const char* path, unsigned long long* v) {
+    FILE* f = std::fopen(path, "r");
+    if (!f) return false;
+    const bool ok = std::fscanf(f, "%llu", v) == 1;  // "max" (no limit) does not parse
+    std::fclose(f);
+    return ok;
+  };
+  unsigned long long limit = 0, used = 0;
+  if (read_u64("/sys/fs/cgroup/memory.max", &limit) && read_u64("/sys/fs/cgroup/memory.current", &used))
+    avail = std::min<size_t>(avail, limit > used ? size_t(limit - used) : 0);
+  return avail;
 }
 
 void release_file_bytes(FileBytes* f) {

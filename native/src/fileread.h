@@ -21,4 +21,8 @@ struct FileBytes {
 Status read_whole_file(const std::string& path, bool huge_pages, FileBytes* out);
 void release_file_bytes(FileBytes* f);
 
+// Memory the kernel could give this process now without swapping (MemAvailable: free plus reclaimable page
+// cache), capped by this process's cgroup limit when there is one; 0 when unknown.
+size_t available_memory_bytes();
+
 }  // namespace lx

@@ -100,8 +100,20 @@ Status Model::load(const LoadOptions& opt, std::unique_ptr<Model>* out) {
   Backend& be = *m->be_;
 
   // Each file once: read into huge-page memory on the CPU backend when used as stored (see
-  // LoadOptions::map_weights), else mapped; or the caller's in-memory files.
-  const bool read_in = be.host_memory() && !opt.map_weights && opt.weight_dtype < 0;
+  // LoadOptions::map_weights), else mapped; or the caller's in-memory files. Weights that would leave less
+  // than kSpareBytes of the memory available now are mapped instead: the page cache can still evict them, a
+  // private copy could only be swapped out or get the process killed.
+  bool read_in = be.host_memory() && !opt.map_weights && opt.weight_dtype < 0 && opt.memory_files.empty();
+  if (read_in) {
+    constexpr size_t kSpareBytes = size_t(1) << 30;
+    size_t total = 0;
+    for (const std::string& path : opt.files) {
+      struct stat st;
+      if (stat(path.c_str(), &st) == 0) total += size_t(st.st_size);
+    }
+    read_in = total + kSpareBytes <= available_memory_bytes();
+  }
+  m->weights_in_memory_ = read_in;
   std::vector<size_t> sizes;
   std::vector<const void*> bases;
   for (const auto& mf : opt.memory_files) bases.push_back(mf.first), sizes.push_back(mf.second);

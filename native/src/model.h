@@ -139,6 +139,8 @@ class Model {
   int block_size() const { return block_size_; }
   size_t kv_bytes() const { return kv_bytes_; }
   size_t weight_bytes() const { return weight_bytes_; }
+  // Whether the weights were read into memory (huge pages) rather than left in file mappings.
+  bool weights_in_memory() const { return weights_in_memory_; }
   // Bytes per stored LoRA factor element (Backend::lora_dtype of the base weights).
   size_t lora_element_bytes() const { return dtype_size(be_->lora_dtype(lm_head_.dtype)); }
   int max_step_tokens() const { return max_T_; }
@@ -183,6 +185,7 @@ class Model {
   std::vector<std::pair<void*, size_t>> maps_;  // the weight files: mapped, or read into anonymous memory
   std::vector<std::vector<uint8_t>> owned_;     // converted matrices (host)
   size_t weight_bytes_ = 0;
+  bool weights_in_memory_ = false;
   Mat embed_, lm_head_;  // op memory
   std::vector<float> final_norm_;
   const float* final_norm_p_ = nullptr;  // op memory

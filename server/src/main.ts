@@ -55,7 +55,7 @@ export async function startServer(config: ServerConfig, logger = makeLogger(conf
     device: config.device ?? "auto",
   });
   const info = engine.backend.info();
-  logger.info({ model: modelDir, backend: info.backend, threads: info.threads, weightMB: Math.round(info.weightBytes / 1e6), kvBlocks: info.kvBlocks, ms: Date.now() - t0 }, "model loaded");
+  logger.info({ model: modelDir, backend: info.backend, threads: info.threads, weightMB: Math.round(info.weightBytes / 1e6), weightsInMemory: info.weightsInMemory, kvBlocks: info.kvBlocks, ms: Date.now() - t0 }, "model loaded");
   const modelId = config.modelId;
   const metrics = new Metrics(modelId);
   const adapterBudget = config.adapterMemoryBytes ?? Math.floor(availableMemory() * config.adapterMemoryFraction);
