@@ -294,11 +294,33 @@ describe.skipIf(!havePeer)("llama.cpp on our GGUF files agrees with our engine",
     }
   });
 
-  it("greedy tokens on a BF16 model with tied embeddings and linear RoPE scaling are the same", async () => {
+  it("greedy tokens on a BF16 model with tied embeddings and linear RoPE scaling are the same, or part only at a near-tie", async () => {
+    // llama.cpp rounds activations to bf16 before BF16 matmuls (its threads splitting the sums differently under
+    // load); we keep them in f32. So a parting is allowed where our top two tokens are within 0.05 nats, and
+    // the tokens before it must be the same.
     const dir = tinyModels()["llama-bf16-tied-linear"];
     const gguf = path.join(tmp, "agree-tied.gguf");
     convertHfToGguf(dir, gguf);
-    expect(await theirs(gguf)).toEqual(await ours(dir));
+    const engine = await Engine.create(dir, TEST_ENGINE_OPTIONS);
+    const mine: { ids: number[]; gaps: number[] }[] = [];
+    try {
+      for (const p of prompts) {
+        const events = (await collect(engine.generate({ prompt: p, params: greedy(12, { topLogprobs: 2 }) }))).events;
+        const toks = events.filter((e) => e.type === "token");
+        mine.push({ ids: toks.map((e) => e.id), gaps: toks.map((e) => (e.top && e.top.length > 1 ? e.top[0].logprob - e.top[1].logprob : Infinity)) });
+      }
+    } finally {
+      engine.backend.close();
+    }
+    const other = await theirs(gguf);
+    let same = 0;
+    mine.forEach((m, i) => {
+      const at = m.ids.findIndex((id, j) => id !== other[i][j]);
+      if (at < 0) return void (same += 1);
+      expect(other[i].slice(0, at)).toEqual(m.ids.slice(0, at));
+      expect(m.gaps[at], `prompt ${i} parts at token ${at} with a top-2 gap of ${m.gaps[at]} nats`).toBeLessThan(0.05);
+    });
+    expect(same).toBeGreaterThan(0);
   });
 
   it("greedy tokens with the same random LoRA adapter (GGUF for llama.cpp, slots for us) are the same, and differ from the base", async () => {
