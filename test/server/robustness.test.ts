@@ -28,8 +28,13 @@ describe("100 concurrent streaming requests", () => {
       expect(parts.at(-1)).toBe("[DONE]");
       const chunks = parts.slice(0, -1).map((p) => JSON.parse(p));
       for (const c of chunks) expectSchema(chat ? "ChatCompletionChunk" : "CompletionResponse", c);
-      expect(chunks.filter((c) => c.choices[0]?.finish_reason).length).toBe(1);
-      expect(chunks.at(-1).usage.completion_tokens).toBe(maxTokens);
+      const finishes = chunks.filter((c) => c.choices[0]?.finish_reason);
+      expect(finishes.length).toBe(1);
+      // Sampled at temperature 1 with a random seed: a stream may draw EOS before max_tokens (seen about once
+      // in 25 runs of 100 streams), and then it says so.
+      const used = chunks.at(-1).usage.completion_tokens;
+      if (finishes[0].choices[0].finish_reason === "length") expect(used).toBe(maxTokens);
+      else expect([finishes[0].choices[0].finish_reason, used < maxTokens]).toEqual(["stop", true]);
     });
     await Promise.all(runs);
     expect(srv.ctx.engine.requestsInFlight).toBe(0);
