@@ -10,8 +10,9 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <system_error>
 #include <thread>
+
+#include "threadpool.h"
 
 namespace lx {
 namespace {
@@ -67,19 +68,11 @@ Status read_whole_file(const std::string& path, bool huge_pages, FileBytes* out)
   if (huge_pages) ::madvise(data, size, MADV_HUGEPAGE);  // best effort: 4 KiB pages where the kernel says no
 #endif
   const size_t half = size >= kSplitBytes && std::thread::hardware_concurrency() > 1 ? size / 2 / 4096 * 4096 : size;
-  int err_back = 0;
-  size_t got_back = size - half;
-  std::thread helper;
-  if (half < size) {
-    try {
-      helper = std::thread([&] { err_back = read_range(fd, data, half, size, &got_back); });
-    } catch (const std::system_error&) {
-      err_back = read_range(fd, data, half, size, &got_back);
-    }
-  }
-  size_t got_front = 0;
-  const int err_front = read_range(fd, data, 0, half, &got_front);
-  if (helper.joinable()) helper.join();
+  int err_front = 0, err_back = 0;
+  size_t got_front = 0, got_back = 0;
+  auto front = [&] { err_front = read_range(fd, data, 0, half, &got_front); };
+  if (half < size) run_beside(front, [&] { err_back = read_range(fd, data, half, size, &got_back); });
+  else front();
   ::close(fd);
   if (err_front || err_back) {
     ::munmap(data, size);

@@ -13,10 +13,10 @@
 #include <chrono>
 #include <cmath>
 #include <map>
-#include <system_error>
 #include <thread>
 
 #include "fileread.h"
+#include "threadpool.h"
 
 namespace lx {
 
@@ -344,16 +344,10 @@ Status Model::lora_load(int slot, const std::vector<LoraModuleIn>& modules) {
   size_t split = modules.size();
   if (floats >= (size_t(1) << 18) && std::thread::hardware_concurrency() > 1)
     split = size_t(std::lower_bound(start.begin(), start.end(), floats / 2) - start.begin());
-  std::thread helper;
-  if (split < modules.size()) {
-    try {
-      helper = std::thread(convert, split, modules.size(), tiles[1].data());
-    } catch (const std::system_error&) {
-      split = modules.size();  // no thread to be had: do it all here
-    }
-  }
-  convert(0, split, tiles[0].data());
-  if (helper.joinable()) helper.join();
+  if (split < modules.size())
+    run_beside([&] { convert(0, split, tiles[0].data()); }, [&] { convert(split, modules.size(), tiles[1].data()); });
+  else
+    convert(0, split, tiles[0].data());
   if (staging) LX_TRY(be_->upload(s.storage.get(), staging.get(), bytes));
   s.bytes = bytes;
   s.used = true;

@@ -6,10 +6,26 @@
 #include <condition_variable>
 #include <functional>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
 
 namespace lx {
+
+// Runs `back` on a helper thread while `front` runs on this one, and returns when both are done; where no
+// thread can be had, runs both here. Neither may throw: an exception past a joinable std::thread aborts. For
+// one-off halves of a large job outside the pool (file reads, LoRA slot fills on a loader thread).
+template <typename Front, typename Back>
+void run_beside(Front&& front, Back&& back) {
+  std::thread helper;
+  try {
+    helper = std::thread([&back] { back(); });
+  } catch (const std::system_error&) {
+    back();
+  }
+  front();
+  if (helper.joinable()) helper.join();
+}
 
 class ThreadPool {
  public:
