@@ -13,6 +13,7 @@
         "native/src/kernels_ref.cc",
         "native/src/kernels_avx2.cc",
         "native/src/kernels_avx512.cc",
+        "native/src/kernels_avx512bf16.cc",
         "native/src/model.cc",
         "native/src/probe.cc",
         "native/src/sampler.cc",

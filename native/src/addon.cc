@@ -517,21 +517,26 @@ Napi::Value LoadModel(const Napi::CallbackInfo& info) {
 
 // ---------------------------------------------------------------------------------------------------------
 // Kernel entry points for tests: kernel(name, device, args) → result, where device is true (CPU reference),
-// false (CPU fast), or "reference" | "cpu" | "cpu-avx2" (fast, without the AVX-512VL GEMM) | "cuda". Inputs
+// false (CPU fast), or "reference" | "cpu" | "cpu-avx512" (fast, without AVX-512 BF16 dot products) |
+// "cpu-avx2" (fast, without the AVX-512VL GEMM either) | "cuda". Inputs
 // are copied into the backend's op memory, the op runs, outputs are copied back: the same path on every backend.
 
 Status test_backend(Napi::Value sel, lx::Backend** out) {
-  static std::unique_ptr<lx::Backend> ref = lx::make_cpu_backend(true, 1, false), fast = lx::make_cpu_backend(false, 0, true),
-                                      avx2 = lx::make_cpu_backend(false, 0, false), cuda;
+  using lx::CpuKernels;
+  static std::unique_ptr<lx::Backend> ref = lx::make_cpu_backend(true, 1, CpuKernels::kAvx2),
+                                      fast = lx::make_cpu_backend(false, 0, CpuKernels::kAvx512Bf16),
+                                      avx512 = lx::make_cpu_backend(false, 0, CpuKernels::kAvx512),
+                                      avx2 = lx::make_cpu_backend(false, 0, CpuKernels::kAvx2), cuda;
   std::string d = sel.IsBoolean() ? (sel.As<Napi::Boolean>().Value() ? "reference" : "cpu")
                                   : sel.IsString() ? sel.As<Napi::String>().Utf8Value() : "";
   if (d == "reference") *out = ref.get();
   else if (d == "cpu") *out = fast.get();
+  else if (d == "cpu-avx512") *out = avx512.get();
   else if (d == "cpu-avx2") *out = avx2.get();
   else if (d == "cuda") {
     if (!cuda) LX_TRY(lx::make_cuda_backend(0, &cuda));
     *out = cuda.get();
-  } else return Status::Invalid("kernel device must be true, false, \"reference\", \"cpu\", \"cpu-avx2\" or \"cuda\"");
+  } else return Status::Invalid("kernel device must be true, false, \"reference\", \"cpu\", \"cpu-avx512\", \"cpu-avx2\" or \"cuda\"");
   return Status::Ok();
 }
 
@@ -812,7 +817,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("probe", Napi::Function::New(env, Probe, "probe"));
   exports.Set("readFile", Napi::Function::New(env, ReadFile, "readFile"));
   exports.Set("fastKernels", Napi::Boolean::New(env, lx::fast::supported()));
-  exports.Set("cpuBackend", Napi::String::New(env, lx::wide::supported() ? "cpu-avx512" : lx::fast::supported() ? "cpu-avx2" : "cpu-reference"));
+  exports.Set("cpuBackend", Napi::String::New(env, lx::bf16dot::supported() ? "cpu-avx512bf16" : lx::wide::supported() ? "cpu-avx512" : lx::fast::supported() ? "cpu-avx2" : "cpu-reference"));
   return exports;
 }
 

@@ -85,10 +85,14 @@ inline void BufferFree::operator()(void* p) const {
   if (p && be) be->release(p);
 }
 
+// The widest fast kernels a CPU backend may use, where the CPU has them: AVX2/FMA only (name "cpu-avx2"); the
+// GEMM's AVX-512VL build ("cpu-avx512"); that, and BF16 weights through AVX-512 BF16 dot products
+// ("cpu-avx512bf16"). Each gives the same results bit for bit.
+enum class CpuKernels { kAvx2, kAvx512, kAvx512Bf16 };
+
 // reference=true: the plain kernels, single-threaded (the yardstick); else the fast kernels when the CPU has
-// AVX2/FMA/F16C (falling back to reference otherwise, with the reason in name()); allow_wide: the GEMM's
-// AVX-512VL build where the CPU has it (name "cpu-avx512"; same results as "cpu-avx2").
-std::unique_ptr<Backend> make_cpu_backend(bool reference, int n_threads, bool allow_wide);
+// AVX2/FMA/F16C (falling back to reference otherwise, with the reason in name()), up to `widest`.
+std::unique_ptr<Backend> make_cpu_backend(bool reference, int n_threads, CpuKernels widest);
 
 // What the addon knows of CUDA: whether the CUDA backend was compiled in (nvcc at build time) and whether a
 // usable GPU is present. The first call initialises the CUDA runtime; a machine without a driver is fine.

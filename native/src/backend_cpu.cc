@@ -13,16 +13,18 @@ namespace {
 
 class CpuBackend final : public Backend {
  public:
-  CpuBackend(bool reference, int n_threads, bool allow_wide)
+  CpuBackend(bool reference, int n_threads, CpuKernels widest)
       : fast_(!reference && fast::supported()),
-        wide_(fast_ && allow_wide && wide::supported()),
-        why_(reference ? "reference" : wide_ ? "avx512" : fast_ ? "avx2" : "reference (no AVX2/FMA/F16C on this CPU)"),
+        wide_(fast_ && widest >= CpuKernels::kAvx512 && wide::supported()),
+        bf16dot_(wide_ && widest >= CpuKernels::kAvx512Bf16 && bf16dot::supported()),
+        why_(reference ? "reference" : bf16dot_ ? "avx512bf16" : wide_ ? "avx512" : fast_ ? "avx2" : "reference (no AVX2/FMA/F16C on this CPU)"),
         pool_(fast_ ? n_threads : 1) {}
 
   std::string name() const override { return "cpu-" + why_; }
   int threads() const override { return pool_.size(); }
 
   void linear(const float* x, int T, const Mat& W, const float* bias, float* y, bool acc) override {
+    if (bf16dot_ && W.dtype == DType::BF16) return bf16dot::linear(pool_, x, T, W, bias, y, acc);
     wide_ ? wide::linear(pool_, x, T, W, bias, y, acc) : fast_ ? fast::linear(pool_, x, T, W, bias, y, acc) : ref::linear(x, T, W, bias, y, acc);
   }
   void rmsnorm(const float* x, int T, int H, const float* w, float eps, float* out) override {
@@ -100,16 +102,17 @@ class CpuBackend final : public Backend {
 
  private:
   bool fast_;
-  bool wide_;  // linear() through the AVX-512VL build of the fast GEMM
+  bool wide_;     // linear() through the AVX-512VL build of the fast GEMM
+  bool bf16dot_;  // linear() with BF16 weights through AVX-512 BF16 dot products
   std::string why_;
   ThreadPool pool_;
 };
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend(bool reference, int n_threads, bool allow_wide) {
+std::unique_ptr<Backend> make_cpu_backend(bool reference, int n_threads, CpuKernels widest) {
   if (n_threads <= 0) n_threads = int(std::thread::hardware_concurrency());
-  return std::make_unique<CpuBackend>(reference, n_threads, allow_wide);
+  return std::make_unique<CpuBackend>(reference, n_threads, widest);
 }
 
 Status make_backend(const std::string& device, bool reference, int n_threads, std::unique_ptr<Backend>* out) {
@@ -118,7 +121,7 @@ Status make_backend(const std::string& device, bool reference, int n_threads, st
   if (device == "cuda" && reference)
     return Status::Invalid("the reference kernels run on the CPU only: use device \"cpu\" with reference, or drop reference");
   if (device == "cuda" || (device == "auto" && !reference && cuda_info().usable)) return make_cuda_backend(n_threads, out);
-  *out = make_cpu_backend(reference, n_threads, true);
+  *out = make_cpu_backend(reference, n_threads, CpuKernels::kAvx512Bf16);
   return Status::Ok();
 }
 

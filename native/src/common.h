@@ -54,6 +54,15 @@ inline uint16_t f32_to_bf16(float f) {
   return uint16_t((u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : rounded);
 }
 
+// An activation entering a product with BF16 weights, as the AVX-512 BF16 conversion (vcvtneps2bf16) rounds
+// it: f32_to_bf16, with f32 subnormals flushed to a signed zero. Every CPU path multiplies BF16 weights by inputs
+// rounded this way (as PyTorch's bf16 inference and llama.cpp do), so the paths agree bit for bit.
+inline uint16_t bf16_input(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return (u & 0x7f800000u) == 0 ? uint16_t((u >> 16) & 0x8000u) : f32_to_bf16(f);
+}
+
 inline float f16_to_f32(uint16_t h) {
   uint32_t sign = uint32_t(h & 0x8000u) << 16;
   uint32_t exp = (h >> 10) & 0x1fu;

@@ -359,10 +359,10 @@ void lora(ThreadPool& pool, const float* x, int d_in, float* y, int d_out, const
       xs.resize(size_t(n) * d_in);
       s.resize(size_t(n) * G.rank);
       for (int i = 0; i < n; i++) std::copy_n(x + int64_t(G.tok[i0 + i]) * d_in, d_in, xs.data() + int64_t(i) * d_in);
-      if (G.dtype == DType::BF16) stage_x(xs.data(), 0, n, d_in, true, xs.data(), d_in);  // BF16 tiles' lane order
-      const int64_t kvec = d_in & ~7;
+      if (G.dtype == DType::BF16) stage_x(xs.data(), 0, n, d_in, Stage::kPairs, xs.data(), d_in);  // BF16 tiles' lane order
       auto run = [&](auto d_tag) {
         constexpr DType D = decltype(d_tag)::value;
+        const int64_t kvec = vec_k<D>(d_in);
         int t = 0;
         auto shrink = [&](auto nt_tag) {
           constexpr int NT = decltype(nt_tag)::value;

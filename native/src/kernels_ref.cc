@@ -9,6 +9,13 @@ namespace lx::ref {
 
 void linear(const float* x, int T, const Mat& W, const float* bias, float* y, bool accumulate) {
   const int64_t N = W.rows, K = W.cols;
+  // BF16 weights multiply activations rounded to bf16 (bf16_input), as every fast path does.
+  std::vector<float> xr;
+  if (W.dtype == DType::BF16) {
+    xr.resize(size_t(T) * K);
+    for (size_t i = 0; i < xr.size(); i++) xr[i] = bf16_to_f32(bf16_input(x[i]));
+    x = xr.data();
+  }
   for (int t = 0; t < T; t++) {
     for (int64_t n = 0; n < N; n++) {
       double acc = bias ? bias[n] : 0.0;

@@ -909,7 +909,7 @@ int main(int argc, char** argv) {
   const double t0 = now();
   try {
     if (ops) {
-      std::unique_ptr<Backend> ref = make_cpu_backend(true, 1, false), gpu;
+      std::unique_ptr<Backend> ref = make_cpu_backend(true, 1, CpuKernels::kAvx2), gpu;
       Status st = make_backend(g_device, false, 0, &gpu);
       if (!st.ok()) throw std::runtime_error(st.message);
       check_ops(*ref, *gpu);

@@ -7,8 +7,20 @@ import { readSafetensorsHeader, readTensorF32, type TensorEntry } from "../../en
 
 type Json = Record<string, any>;
 
+// v as an activation entering a product with BF16 weights: to float32, then to bfloat16 (round to nearest even,
+// float32 subnormals to zero), as PyTorch's bf16 inference and the engine's BF16 kernels do.
+const f32 = new Float32Array(1), bits = new Uint32Array(f32.buffer);
+function bf16Input(v: number): number {
+  f32[0] = v;
+  const u = bits[0];
+  if ((u & 0x7f800000) === 0) bits[0] = u & 0x80000000;
+  else if ((u & 0x7fffffff) <= 0x7f800000) bits[0] = (u + 0x7fff + ((u >>> 16) & 1)) & 0xffff0000;
+  return f32[0];
+}
+
 export class ReferenceModel {
   private w = new Map<string, Float64Array>();
+  private bf16 = new Set<string>(); // tensors stored as BF16: their matmul inputs are rounded to bf16
   readonly cfg: Json;
   readonly hidden: number;
   readonly heads: number;
@@ -19,7 +31,9 @@ export class ReferenceModel {
   private invFreq: Float64Array;
   private windows: number[];
 
-  constructor(dir: string) {
+  /** bf16Inputs: round the inputs of products with BF16 tensors to bf16, as the engine does (default); false
+   * keeps them float64, as a PyTorch float32 forward pass over the same weights. */
+  constructor(dir: string, private readonly bf16Inputs = true) {
     this.cfg = JSON.parse(fs.readFileSync(path.join(dir, "config.json"), "utf8"));
     const c = this.cfg;
     const files = fs.existsSync(path.join(dir, "model.safetensors.index.json"))
@@ -27,7 +41,10 @@ export class ReferenceModel {
       : ["model.safetensors"];
     for (const f of files) {
       const p = path.join(dir, f);
-      for (const t of readSafetensorsHeader(p) as TensorEntry[]) this.w.set(t.name, Float64Array.from(readTensorF32(p, t)));
+      for (const t of readSafetensorsHeader(p) as TensorEntry[]) {
+        this.w.set(t.name, Float64Array.from(readTensorF32(p, t)));
+        if (t.dtype === "BF16") this.bf16.add(t.name);
+      }
     }
     this.hidden = c.hidden_size;
     this.heads = c.num_attention_heads;
@@ -67,6 +84,7 @@ export class ReferenceModel {
 
   private linear(x: Float64Array, name: string, out: number, bias?: string): Float64Array {
     const W = this.get(name), inn = x.length, y = new Float64Array(out);
+    if (this.bf16Inputs && this.bf16.has(name)) x = x.map(bf16Input);
     const b = bias && this.w.has(bias) ? this.get(bias) : undefined;
     for (let o = 0; o < out; o++) {
       let s = b ? b[o] : 0;

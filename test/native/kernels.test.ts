@@ -47,21 +47,56 @@ describe("fast kernels match the reference", () => {
     }
   });
 
-  it("linear through the AVX-512VL build equals the AVX2 build bit for bit, every dtype and path", (ctx) => {
-    if (k.cpuBackend !== "cpu-avx512") {
+  it("linear through the AVX-512 builds (VL; VL with BF16 dot products) equals the AVX2 build bit for bit, every dtype and path", (ctx) => {
+    if (!k.cpuBackend.startsWith("cpu-avx512")) {
       console.log(`skipped: this CPU has no AVX-512F/VL (fast backend is ${k.cpuBackend}), so there is one build only`);
       ctx.skip();
     }
+    // "cpu" is the widest build this CPU runs: with AVX-512 BF16, BF16 weights go through vdpbf16ps.
+    const builds = k.cpuBackend === "cpu-avx512bf16" ? ["cpu", "cpu-avx512"] : ["cpu"];
     // T 1 (GEMV), 2-3 (direct), 4-32 (the AVX-512 build reads weights directly in token groups, the AVX2 build
-    // converts blocks), 33+ (both convert blocks); K across the 8-lane tail, below one lane (K = 5) and past a
-    // padded 1024; N across the 8- and 4-row tiles.
-    for (const [T, K, N] of [[1, 1024, 67], [1, 37, 9], [2, 300, 33], [3, 520, 21], [4, 64, 13], [5, 200, 19], [8, 1000, 24], [17, 777, 45], [32, 300, 41], [33, 96, 11], [64, 96, 70], [40, 5, 9], [37, 1030, 27]])
+    // converts blocks), 33+ (both convert blocks); K across the 8- and 16-lane tails, below one lane (K = 5) and
+    // past a padded 1024; N across the 8- and 4-row tiles.
+    for (const [T, K, N] of [[1, 1024, 67], [1, 37, 9], [2, 300, 33], [3, 520, 21], [4, 64, 13], [5, 200, 19], [8, 1000, 24], [17, 777, 45], [32, 300, 41], [33, 96, 11], [64, 96, 70], [40, 5, 9], [37, 1030, 27], [7, 24, 10]])
       for (const dtype of [0, 1, 2]) {
         const w = new Uint8Array(encodeTensor(randn(N * K, 0.5), (["F32", "F16", "BF16"] as DType[])[dtype]));
         const args = { x: randn(T * K), T, K, N, w, dtype, bias: randn(N) };
-        const wide = k.kernel("linear", "cpu", args) as Float32Array, avx2 = k.kernel("linear", "cpu-avx2", args) as Float32Array;
-        expect(Array.from(wide), `T=${T} K=${K} N=${N} dtype ${dtype}`).toEqual(Array.from(avx2));
+        const avx2 = k.kernel("linear", "cpu-avx2", args) as Float32Array;
+        for (const b of builds)
+          expect(Array.from(k.kernel("linear", b, args) as Float32Array), `${b} T=${T} K=${K} N=${N} dtype ${dtype}`).toEqual(Array.from(avx2));
       }
+  });
+
+  it("BF16 weights multiply activations rounded to bf16: ties to even, subnormals to zero, ±Inf kept, the same in every build", () => {
+    // K = 44: two whole chunks of 16, then the scalar tail. Row 0 picks x[5] (in a chunk), row 1 x[40] (in the
+    // tail), row 2 sums all of x.
+    const K = 44, N = 3;
+    const wf = new Float32Array(N * K);
+    wf[5] = 1;
+    wf[K + 40] = 1;
+    wf.fill(1, 2 * K);
+    const w = new Uint8Array(encodeTensor(wf, "BF16"));
+    const devices: (boolean | string)[] = [true, "cpu", "cpu-avx2", ...(k.cpuBackend.startsWith("cpu-avx512") ? ["cpu-avx512"] : [])];
+    const cases: [number, number][] = [
+      [1 + 2 ** -8, 1], // a tie: to even (down)
+      [1 + 3 * 2 ** -8, 1 + 2 ** -6], // a tie: to even (up)
+      [1 + 2 ** -8 + 2 ** -20, 1 + 2 ** -7], // above half: up
+      [1e-39, 0], // an f32 subnormal: flushed
+      [-3.4028235e38, -Infinity], // rounds past the largest bf16
+      [Infinity, Infinity],
+    ];
+    for (const [v, want] of cases)
+      for (const [pos, row] of [[5, 0], [40, 1]]) {
+        const x = new Float32Array(K);
+        x[pos] = v;
+        for (const dev of devices) {
+          const y = k.kernel("linear", dev, { x, T: 1, K, N, w, dtype: 2 }) as Float32Array;
+          expect([y[row], y[2]], `x[${pos}] = ${v} on ${dev}`).toEqual([want, want]);
+        }
+      }
+    const x = new Float32Array(K).fill(1);
+    x[7] = NaN;
+    for (const dev of devices) expect(Number.isNaN((k.kernel("linear", dev, { x, T: 1, K, N, w, dtype: 2 }) as Float32Array)[2])).toBe(true);
   });
 
   it.each([[1, 8], [3, 13], [9, 64], [17, 1000]])("rmsnorm T=%i H=%i", (T, H) => {

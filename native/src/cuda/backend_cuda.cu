@@ -81,7 +81,7 @@ class CudaBackend final : public Backend {
     if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&b->up_, cudaStreamNonBlocking);
     if (e == cudaSuccess) e = cu::gemm_setup();
     if (e != cudaSuccess) return cuda_status(e, "backend set-up");
-    b->host_ = make_cpu_backend(false, n_threads, true);
+    b->host_ = make_cpu_backend(false, n_threads, CpuKernels::kAvx512Bf16);
     *out = std::move(b);
     return Status::Ok();
   }
