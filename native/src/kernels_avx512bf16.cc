@@ -85,9 +85,7 @@ void rows_tokens(const uint16_t* W, int64_t K, int64_t r0, int64_t r1, const uin
     __m256 acc[NT * 4];
     for (auto& v : acc) v = _mm256_setzero_ps();
     tile_dot<4, NT>(W + r * K, K, xt, ldx, k16, acc, prefetch);
-    for (int t = 0; t < NT; t++)
-      for (int i = 0; i < 4; i++)
-        finish<DType::BF16>(acc[t * 4 + i], W, K, r + i, xt + t * ldx, K, k16, bias, yt + t * N + r + i, accumulate);
+    for (int t = 0; t < NT; t++) finish4<DType::BF16>(acc + t * 4, W, K, r, xt + t * ldx, K, k16, bias, yt + t * N + r, accumulate);
   }
   for (; r < r1; r++) {
     __m256 acc[NT];
