@@ -24,7 +24,9 @@ class CpuBackend final : public Backend {
   int threads() const override { return pool_.size(); }
 
   void linear(const float* x, int T, const Mat& W, const float* bias, float* y, bool acc) override {
-    if (bf16dot_ && W.dtype == DType::BF16) return bf16dot::linear(pool_, x, T, W, bias, y, acc);
+    // Up to 3 tokens the GEMV is memory bound, and the FMA build streams a BF16 matrix ~3% faster here (the
+    // same results either way).
+    if (bf16dot_ && W.dtype == DType::BF16 && T > 3) return bf16dot::linear(pool_, x, T, W, bias, y, acc);
     wide_ ? wide::linear(pool_, x, T, W, bias, y, acc) : fast_ ? fast::linear(pool_, x, T, W, bias, y, acc) : ref::linear(x, T, W, bias, y, acc);
   }
   void rmsnorm(const float* x, int T, int H, const float* w, float eps, float* out) override {

@@ -96,13 +96,14 @@ void rows_tokens(const uint16_t* W, int64_t K, int64_t r0, int64_t r1, const uin
 }
 }  // namespace
 
-// Every T runs the same way: each thread's share of the rows in blocks of 64, and against each block the tokens
-// in groups of four, on tiles of 4 rows × 4 tokens; the last one to three tokens on 8-row tiles (for T <= 3, the
-// GEMV). The first token group streams the block from memory with the L2 prefetch; the rest find it in L2
-// (64 rows of K = 2816 are 352 KiB) while their four activation rows sit in L1. Measured per thread pair at
-// T = 512 (the q, k, v, o, gate, up, down shapes of the bench model), ms a layer: 4×4 tiles 38.9, 8 rows × 3
-// tokens 43.2, 8 × 2 40.7, 4 × 6 43.1 (blocks of 8 rows); then blocks of 8 / 16 / 64 / 128 / 256 rows: 36.7 /
-// 35.6 / 31.4 / 30.5 / 31.6 (fewer passes over the activations); two FMAs per pair (wide::linear) 63-67.
+// Each thread's share of the rows in blocks of 64, and against each block the tokens in groups of four, on
+// tiles of 4 rows × 4 tokens; the last one to three tokens on 8-row tiles. (Any T works; the CPU backend sends
+// only T > 3: see CpuBackend::linear.) The first token group streams the block from memory with the L2
+// prefetch; the rest find it in L2 (64 rows of K = 2816 are 352 KiB) while their four activation rows sit in
+// L1. Measured per thread pair at T = 512 (the q, k, v, o, gate, up, down shapes of the bench model), ms a
+// layer: 4×4 tiles 38.9, 8 rows × 3 tokens 43.2, 8 × 2 40.7, 4 × 6 43.1 (blocks of 8 rows); then blocks of
+// 8 / 16 / 64 / 128 / 256 rows: 36.7 / 35.6 / 31.4 / 30.5 / 31.6 (fewer passes over the activations); two
+// FMAs per pair (wide::linear) 63-67.
 constexpr int64_t kDotRows = 64;
 void linear(ThreadPool& pool, const float* x_in, int T, const Mat& W, const float* bias, float* y, bool accumulate) {
   const int64_t N = W.rows, K = W.cols;
