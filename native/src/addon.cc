@@ -646,6 +646,7 @@ Napi::Value Kernel(const Napi::CallbackInfo& info) {
     auto q = F32(a, "q", false), kc = F32(a, "k", false), vc = F32(a, "v", false);
     auto kv_len = I32(a, "kvLen", false), kv_begin = I32(a, "kvBegin", false), tables = I32(a, "tables", false);
     auto tree_base = I32(a, "treeBase", true);
+    auto seq = I32(a, "seq", true);  // optional [T]: token t reads table row seq[t] (tokens of one sequence share it)
     auto tree_mask = copy_array<uint64_t, Napi::BigUint64Array>(env, a.Get("treeMask"), "treeMask", true);
     lx::AttnArgs aa;
     aa.T = get_int(a, "T", 0);
@@ -655,12 +656,16 @@ Napi::Value Kernel(const Napi::CallbackInfo& info) {
     aa.block_size = get_int(a, "blockSize", 16);
     aa.scale = float(get_num(a, "scale", 1));
     int max_blocks = get_int(a, "maxBlocks", 0);
-    if (kv_len.size() != size_t(aa.T) || kv_begin.size() != size_t(aa.T) || tables.size() != size_t(aa.T) * max_blocks ||
+    const size_t n_tables = max_blocks > 0 ? tables.size() / max_blocks : 0;
+    bool seq_ok = seq.empty() || seq.size() == size_t(aa.T);
+    for (int32_t v : seq) seq_ok = seq_ok && v >= 0 && size_t(v) < n_tables;
+    if (kv_len.size() != size_t(aa.T) || kv_begin.size() != size_t(aa.T) || max_blocks <= 0 ||
+        tables.size() != (seq.empty() ? size_t(aa.T) : n_tables) * max_blocks || !seq_ok ||
         (!tree_base.empty() && (tree_base.size() != size_t(aa.T) || tree_mask.size() != size_t(aa.T))))
-      throw_invalid(env, "attention: kvLen, kvBegin, tables, treeBase, treeMask do not match T and maxBlocks");
+      throw_invalid(env, "attention: kvLen, kvBegin, tables, seq, treeBase, treeMask do not match T and maxBlocks");
     const int32_t* td = m.put(tables);
     std::vector<const int32_t*> bt(aa.T);
-    for (int t = 0; t < aa.T; t++) bt[t] = td + size_t(t) * max_blocks;
+    for (int t = 0; t < aa.T; t++) bt[t] = td + size_t(seq.empty() ? t : seq[t]) * max_blocks;
     aa.kv_len = m.put(kv_len);
     aa.kv_begin = m.put(kv_begin);
     aa.block_table = m.put(bt);

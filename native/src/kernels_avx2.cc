@@ -199,16 +199,17 @@ inline __m256 dot_hj(const float* const* q, const float* const* k, int n) {
       for (int r = 0; r < J; r++) out[h * J + r] = std::fma(q[h][i], k[r][i], out[h * J + r]);
   return _mm256_load_ps(out);
 }
-// o_h[d0 .. d0 + 8·NV) = Σ_j p_h[j]·v_j for H heads sharing each loaded V chunk, accumulated in registers over j
-// in order: per element the same FMA sequence from zero as accumulating row by row. A key no head weighs is
-// skipped; one that only some heads weigh adds p·v = 0 to the others, which leaves a finite sum unchanged.
+// o_h[d0 .. d0 + 8·NV) (+)= Σ_j p_h[j]·v_j for j in [ja, jb), for H rows (heads, or heads of two tokens) sharing
+// each loaded V chunk, accumulated in registers over j in order, from zero or (resume) from what o_h holds: per
+// element the same FMA sequence as accumulating row by row from j0. A key no row weighs is skipped; one that only
+// some rows weigh adds p·v = 0 to the others, which leaves a finite sum unchanged.
 template <int NV, int H>
-inline void pv_chunk(const float* const* p, int j0, int L, const float* v_cache, const int64_t* row, int d0,
-                     float* const* o) {
+inline void pv_chunk(const float* const* p, int ja, int jb, const float* v_cache, const int64_t* row, int d0,
+                     float* const* o, bool resume) {
   __m256 acc[H][NV];
-  for (auto& hv : acc)
-    for (auto& v : hv) v = _mm256_setzero_ps();
-  for (int j = j0; j < L; j++) {
+  for (int h = 0; h < H; h++)
+    for (int r = 0; r < NV; r++) acc[h][r] = resume ? _mm256_loadu_ps(o[h] + d0 + 8 * r) : _mm256_setzero_ps();
+  for (int j = ja; j < jb; j++) {
     bool any = false;
     for (int h = 0; h < H; h++) any |= p[h][j] != 0.f;
     if (!any) continue;
@@ -223,91 +224,176 @@ inline void pv_chunk(const float* const* p, int j0, int L, const float* v_cache,
   for (int h = 0; h < H; h++)
     for (int r = 0; r < NV; r++) _mm256_storeu_ps(o[h] + d0 + 8 * r, acc[h][r]);
 }
-// Σ_j p_h[j]·v_j over all of head_dim for H heads: NV-vector chunks while they fit, then lone lanes.
+// pv_chunk over all of head_dim for H rows (1, 2 or 4): chunks of 8·8/H lanes (eight accumulators) while they
+// fit, then 32, then 8, then lone lanes.
 template <int H>
-inline void pv_heads(const float* const* p, int j0, int L, const float* v_cache, const int64_t* row, int hd,
-                     float* const* o) {
+inline void pv_heads(const float* const* p, int ja, int jb, const float* v_cache, const int64_t* row, int hd,
+                     float* const* o, bool resume) {
+  constexpr int NV = 8 / H;
   const int hv = hd & ~7;
   int d0 = 0;
-  if constexpr (H == 1)
-    for (; d0 + 64 <= hv; d0 += 64) pv_chunk<8, 1>(p, j0, L, v_cache, row, d0, o);
-  for (; d0 + 32 <= hv; d0 += 32) pv_chunk<4, H>(p, j0, L, v_cache, row, d0, o);
-  for (; d0 + 8 <= hv; d0 += 8) pv_chunk<1, H>(p, j0, L, v_cache, row, d0, o);
+  for (; d0 + 8 * NV <= hv; d0 += 8 * NV) pv_chunk<NV, H>(p, ja, jb, v_cache, row, d0, o, resume);
+  if constexpr (NV > 4)
+    for (; d0 + 32 <= hv; d0 += 32) pv_chunk<4, H>(p, ja, jb, v_cache, row, d0, o, resume);
+  for (; d0 + 8 <= hv; d0 += 8) pv_chunk<1, H>(p, ja, jb, v_cache, row, d0, o, resume);
   for (; d0 < hd; d0++)
     for (int h = 0; h < H; h++) {
-      float acc = 0.f;
-      for (int j = j0; j < L; j++)
+      float acc = resume ? o[h][d0] : 0.f;
+      for (int j = ja; j < jb; j++)
         if (p[h][j] != 0.f) acc = std::fma(p[h][j], v_cache[row[j] + d0], acc);
       o[h][d0] = acc;
     }
 }
+
+// Scores of one token's heads [g0, g1) against keys [ja, L): s(g) + j = q_g·k_j · scale. Two heads × four keys
+// per dot_hj where heads pair up (g1 - g0 even), else one head × eight keys; each score is dot()'s.
+inline void token_scores(const float* qh, int hd, int g0, int g1, int ja, int L, const float* k_cache,
+                         const int64_t* row, float scale, float* const* s) {
+  const __m256 sc8 = _mm256_set1_ps(scale);
+  auto key = [&](int j) { return k_cache + row[j]; };
+  const int H = (g1 - g0) % 2 == 0 ? 2 : 1, J = 8 / H;
+  for (int g = g0; g + H <= g1; g += H) {
+    const float* qs[2] = {qh + int64_t(g) * hd, qh + int64_t(g + H - 1) * hd};
+    int j = ja;
+    for (; j + J <= L; j += J) {
+      const float* ks[8];
+      for (int r = 0; r < J; r++) ks[r] = key(j + r);
+      if (H == 2) {
+        const __m256 d = _mm256_mul_ps(dot_hj<2, 4>(qs, ks, hd), sc8);
+        _mm_storeu_ps(s[g] + j, _mm256_castps256_ps128(d));
+        _mm_storeu_ps(s[g + 1] + j, _mm256_extractf128_ps(d, 1));
+      } else {
+        _mm256_storeu_ps(s[g] + j, _mm256_mul_ps(dot_hj<1, 8>(qs, ks, hd), sc8));
+      }
+    }
+    for (; j < L; j++)
+      for (int h = 0; h < H; h++) s[g + h][j] = dot(qs[h], key(j), hd) * scale;
+  }
+}
 }  // namespace
 
-// Work unit: one query token × one KV head, i.e. the `group` query heads that share that head. Scores are taken
-// for two heads × four keys at a time (one head × eight keys without GQA), values are summed for two heads per
-// loaded V row. A unit first lists where each of its KV rows sits (row offsets, the same in the K and V caches),
-// walking the block table block by block instead of dividing per key.
+// Work unit: one KV head × one query token, or two consecutive tokens of one sequence (same block table and
+// first visible key, no tree mask: prefill), i.e. the `group` query heads of each that share that head. A unit
+// first lists where each of its KV rows sits (row offsets, the same in the K and V caches), walking the block
+// table block by block instead of dividing per key. Scores are taken for two heads × four keys at a time (one
+// head × eight keys without GQA); a token pair takes the keys both see for its four query rows × two keys at a
+// time, so each K row read from cache serves two tokens, then each token its own last keys. Values are summed
+// for two heads, or a pair's four rows, per loaded V chunk, then each token resumes its own sums over its last
+// keys. Every score and every sum runs the same operations whatever the unit, so results do not depend on pairing.
 void attention(ThreadPool& pool, const AttnArgs& a, const float* q, float* out) {
   const int hd = a.head_dim, group = a.n_heads / a.n_kv, bs = a.block_size;
-  const int64_t units = int64_t(a.T) * a.n_kv;
+  auto begin = [&](int t) { return a.kv_begin ? a.kv_begin[t] : 0; };
+  std::vector<int> first;  // first token of each token unit; a pair when the next unit starts two on
+  for (int t = 0; t < a.T;) {
+    const bool pair = t + 1 < a.T && !a.tree_base && a.block_table[t] == a.block_table[t + 1] && begin(t) == begin(t + 1);
+    first.push_back(t);
+    t += pair ? 2 : 1;
+  }
+  const int nu = int(first.size());
+  first.push_back(a.T);
+  const int64_t units = int64_t(nu) * a.n_kv;
   int64_t work = 0;
   for (int t = 0; t < a.T; t++) work += int64_t(a.kv_len[t]) * a.n_heads * hd * 2;
   // Units run KV head by KV head, tokens strided over threads: both threads then read one head's rows, which
   // stay in cache, and later prefill tokens (longer contexts) are spread evenly.
   auto body = [&](int tid, int nt) {
-    thread_local std::vector<float> sc;    // [group][L] scores, then probabilities
-    thread_local std::vector<int64_t> row;  // [L] float offset of KV row j in either cache
+    thread_local std::vector<float> sc;    // [n][group][Lmax] scores, then probabilities
+    thread_local std::vector<int64_t> row;  // [Lmax] float offset of KV row j in either cache
+    thread_local std::vector<float*> srow;  // [n·group] row (token i, head g) of sc at srow[i·group + g]
     for (int64_t u = tid; u < units; u += nt) {
-      const int kh = int(u / a.T), t = int(u % a.T);
-      const int L = a.kv_len[t], j0 = a.kv_begin ? a.kv_begin[t] : 0;
-      const int32_t* bt = a.block_table[t];
-      if (sc.size() < size_t(L) * group) sc.resize(size_t(L) * group);
-      if (row.size() < size_t(L)) row.resize(L);
-      for (int j = j0, b = j0 / bs, o = j0 % bs; j < L; b++, o = 0) {
+      const int kh = int(u / nu), t0 = first[u % nu], n = first[u % nu + 1] - t0;
+      const int j0 = begin(t0), L0 = a.kv_len[t0], L1 = a.kv_len[t0 + n - 1];
+      const int Lmax = std::max(L0, L1), Lmin = std::min(L0, L1);
+      const int32_t* bt = a.block_table[t0];
+      if (sc.size() < size_t(n) * group * Lmax) sc.resize(size_t(n) * group * Lmax);
+      if (row.size() < size_t(Lmax)) row.resize(Lmax);
+      for (int j = j0, b = j0 / bs, o = j0 % bs; j < Lmax; b++, o = 0) {
         const int64_t base = (int64_t(bt[b]) * a.n_kv + kh) * bs;
-        for (; o < bs && j < L; o++, j++) row[j] = (base + o) * hd;
+        for (; o < bs && j < Lmax; o++, j++) row[j] = (base + o) * hd;
       }
-      const float* qh = q + (int64_t(t) * a.n_heads + int64_t(kh) * group) * hd;  // [group][hd]
-      auto key = [&](int j) { return a.k_cache + row[j]; };
-      float* s0 = sc.data();  // head g's scores at s0 + g·L
-      const __m256 scale = _mm256_set1_ps(a.scale);
-      const int H = group == 1 ? 1 : 2, J = 8 / H;
-      int g = 0;
-      for (; g + H <= group; g += H) {
-        const float* qs[2] = {qh + int64_t(g) * hd, qh + int64_t(g + H - 1) * hd};
-        float* sg = s0 + size_t(g) * L;
-        int j = j0;
-        for (; j + J <= L; j += J) {
-          const float* ks[8];
-          for (int r = 0; r < J; r++) ks[r] = key(j + r);
-          if (H == 2) {
-            const __m256 d = _mm256_mul_ps(dot_hj<2, 4>(qs, ks, hd), scale);
-            _mm_storeu_ps(sg + j, _mm256_castps256_ps128(d));
-            _mm_storeu_ps(sg + L + j, _mm256_extractf128_ps(d, 1));
-          } else {
-            _mm256_storeu_ps(sg + j, _mm256_mul_ps(dot_hj<1, 8>(qs, ks, hd), scale));
+      // Row (token i, head g): scores, then probabilities, at s[i·group + g]; queries qh[i] + g·hd; outputs oh[i] + g·hd.
+      srow.resize(size_t(n) * group);
+      float* const* s = srow.data();
+      const float* qh[2];
+      float* oh[2];
+      for (int i = 0; i < n; i++) {
+        for (int g = 0; g < group; g++) srow[i * group + g] = sc.data() + size_t(i * group + g) * Lmax;
+        qh[i] = q + (int64_t(t0 + i) * a.n_heads + int64_t(kh) * group) * hd;
+        oh[i] = out + (int64_t(t0 + i) * a.n_heads + int64_t(kh) * group) * hd;
+      }
+      // Heads [0, gp) run in pairs (or alone without GQA), and through a token pair's shared loops.
+      const int gp = group == 1 ? 1 : group & ~1;
+      int jj = j0;  // keys [j0, jj) scored jointly by a token pair
+      if (n == 1) {
+      } else if (gp == 1) {
+        const float* qs[2] = {qh[0], qh[1]};
+        for (; jj + 4 <= Lmin; jj += 4) {
+          const float* ks[4] = {a.k_cache + row[jj], a.k_cache + row[jj + 1], a.k_cache + row[jj + 2], a.k_cache + row[jj + 3]};
+          const __m256 d = _mm256_mul_ps(dot_hj<2, 4>(qs, ks, hd), _mm256_set1_ps(a.scale));
+          _mm_storeu_ps(s[0] + jj, _mm256_castps256_ps128(d));
+          _mm_storeu_ps(s[1] + jj, _mm256_extractf128_ps(d, 1));
+        }
+      } else {
+        const int jend = j0 + (Lmin - j0) / 2 * 2;
+        for (int g = 0; g < gp; g += 2) {
+          const float* qs[4] = {qh[0] + int64_t(g) * hd, qh[0] + int64_t(g + 1) * hd, qh[1] + int64_t(g) * hd, qh[1] + int64_t(g + 1) * hd};
+          float* rows4[4] = {s[g], s[g + 1], s[group + g], s[group + g + 1]};
+          for (int j = j0; j < jend; j += 2) {
+            const float* ks[2] = {a.k_cache + row[j], a.k_cache + row[j + 1]};
+            const __m256 d = _mm256_mul_ps(dot_hj<4, 2>(qs, ks, hd), _mm256_set1_ps(a.scale));
+            // Lane 2h + r = query h · key j + r.
+            const __m128 lo = _mm256_castps256_ps128(d), hi = _mm256_extractf128_ps(d, 1);
+            _mm_storel_pi(reinterpret_cast<__m64*>(rows4[0] + j), lo);
+            _mm_storeh_pi(reinterpret_cast<__m64*>(rows4[1] + j), lo);
+            _mm_storel_pi(reinterpret_cast<__m64*>(rows4[2] + j), hi);
+            _mm_storeh_pi(reinterpret_cast<__m64*>(rows4[3] + j), hi);
           }
         }
-        for (; j < L; j++)
-          for (int h = 0; h < H; h++) sg[size_t(h) * L + j] = dot(qs[h], key(j), hd) * a.scale;
+        jj = jend;
       }
-      for (; g < group; g++)  // the odd head out
-        for (int j = j0; j < L; j++) s0[size_t(g) * L + j] = dot(qh + int64_t(g) * hd, key(j), hd) * a.scale;
-      if (a.tree_base)  // speculative rows: keys outside the token's tree branch are not seen
-        for (int j = std::max(j0, a.tree_base[t]); j < L; j++)
-          if (!attn_visible(a, t, j))
-            for (g = 0; g < group; g++) s0[size_t(g) * L + j] = -INFINITY;
-      for (g = 0; g < group; g++) softmax(sc.data() + size_t(g) * L + j0, L - j0);
-      float* oh = out + (int64_t(t) * a.n_heads + int64_t(kh) * group) * hd;  // [group][hd]
-      for (g = 0; g + 2 <= group; g += 2) {
-        const float* ps[2] = {sc.data() + size_t(g) * L, sc.data() + size_t(g + 1) * L};
-        float* os[2] = {oh + int64_t(g) * hd, oh + int64_t(g + 1) * hd};
-        pv_heads<2>(ps, j0, L, a.v_cache, row.data(), hd, os);
+      for (int i = 0; i < n; i++) {
+        const int L = a.kv_len[t0 + i];
+        token_scores(qh[i], hd, 0, gp, jj, L, a.k_cache, row.data(), a.scale, s + i * group);
+        token_scores(qh[i], hd, gp, group, j0, L, a.k_cache, row.data(), a.scale, s + i * group);
+        if (a.tree_base)  // speculative rows: keys outside the token's tree branch are not seen
+          for (int j = std::max(j0, a.tree_base[t0 + i]); j < L; j++)
+            if (!attn_visible(a, t0 + i, j))
+              for (int g = 0; g < group; g++) s[i * group + g][j] = -INFINITY;
+        for (int g = 0; g < group; g++) softmax(s[i * group + g] + j0, L - j0);
       }
-      for (; g < group; g++) {
-        const float* ps[1] = {sc.data() + size_t(g) * L};
-        float* os[1] = {oh + int64_t(g) * hd};
-        pv_heads<1>(ps, j0, L, a.v_cache, row.data(), hd, os);
+      // Values: a pair's rows over the keys both see, four (two heads of each token) or two (no GQA) at a time,
+      // the odd head out alone; then each token resumes its sums over its own last keys.
+      int g = 0;
+      const int jv = n == 2 ? Lmin : j0;
+      if (n == 2) {
+        if (group == 1) {
+          const float* ps[2] = {s[0], s[1]};
+          float* os[2] = {oh[0], oh[1]};
+          pv_heads<2>(ps, j0, jv, a.v_cache, row.data(), hd, os, false);
+          g = 1;
+        } else {
+          for (; g + 2 <= group; g += 2) {
+            const float* ps[4] = {s[g], s[g + 1], s[group + g], s[group + g + 1]};
+            float* os[4] = {oh[0] + int64_t(g) * hd, oh[0] + int64_t(g + 1) * hd, oh[1] + int64_t(g) * hd, oh[1] + int64_t(g + 1) * hd};
+            pv_heads<4>(ps, j0, jv, a.v_cache, row.data(), hd, os, false);
+          }
+        }
+      }
+      for (int i = 0; i < n; i++) {
+        const int L = a.kv_len[t0 + i];
+        int h = 0;
+        for (; h + 2 <= group; h += 2) {
+          const float* ps[2] = {s[i * group + h], s[i * group + h + 1]};
+          float* os[2] = {oh[i] + int64_t(h) * hd, oh[i] + int64_t(h + 1) * hd};
+          const bool resume = h + 2 <= g;
+          pv_heads<2>(ps, resume ? jv : j0, L, a.v_cache, row.data(), hd, os, resume);
+        }
+        for (; h < group; h++) {
+          const float* ps[1] = {s[i * group + h]};
+          float* os[1] = {oh[i] + int64_t(h) * hd};
+          const bool resume = h < g;
+          pv_heads<1>(ps, resume ? jv : j0, L, a.v_cache, row.data(), hd, os, resume);
+        }
       }
     }
   };

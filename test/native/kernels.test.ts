@@ -158,6 +158,31 @@ describe("fast kernels match the reference", () => {
     expect(maxDiff(a, b)).toBeLessThan(1e-5);
   });
 
+  it.each([
+    [4, 4, 64, 0], [8, 4, 64, 0], [6, 2, 20, 0], [3, 3, 16, 0], [12, 4, 64, 6],
+  ])("paged attention over whole sequences (heads=%i kv=%i head_dim=%i window=%i): equal bit for bit to each token alone", (heads, kvHeads, hd, window) => {
+    // Three sequences in one step, as the engine sends them: a prefill chunk of 9 tokens (keys 4..12 new), a
+    // decode token, a prompt of 6 from scratch; tokens of a sequence share its block table (`seq`), so the fast
+    // kernel takes consecutive tokens two at a time.
+    const bs = 4, nBlocks = 30, maxBlocks = 8;
+    const lens = [[...Array(9).keys()].map((i) => 5 + i), [27], [...Array(6).keys()].map((i) => 1 + i)];
+    const tables = Int32Array.from({ length: 3 * maxBlocks }, () => Math.floor(R(nBlocks)));
+    const seq = Int32Array.from(lens.flatMap((l, s) => l.map(() => s)));
+    const kvLen = Int32Array.from(lens.flat());
+    const kvBegin = kvLen.map((l) => (window ? Math.max(0, l - window) : 0));
+    const T = kvLen.length;
+    const base = { k: randn(nBlocks * kvHeads * bs * hd), v: randn(nBlocks * kvHeads * bs * hd), heads, kvHeads, headDim: hd, blockSize: bs, scale: 1 / Math.sqrt(hd), maxBlocks, tables };
+    const q = randn(T * heads * hd);
+    const all = k.kernel("attention", false, { ...base, q, T, kvLen, kvBegin, seq }) as Float32Array;
+    const ref = k.kernel("attention", true, { ...base, q, T, kvLen, kvBegin, seq }) as Float32Array;
+    expect(maxDiff(all, ref)).toBeLessThan(1e-5);
+    const w = heads * hd;
+    for (let t = 0; t < T; t++) {
+      const one = k.kernel("attention", false, { ...base, q: q.slice(t * w, (t + 1) * w), T: 1, kvLen: kvLen.slice(t, t + 1), kvBegin: kvBegin.slice(t, t + 1), seq: seq.slice(t, t + 1) }) as Float32Array;
+      expect(Array.from(one), `token ${t}`).toEqual(Array.from(all.slice(t * w, (t + 1) * w)));
+    }
+  });
+
   it.each([[false, 37, 29], [true, 37, 29], [true, 256, 300]])("LoRA (bf16 factors: %s, d_in %i, d_out %i): mixed ranks, scattered tokens, a segment longer than a chunk", (bf16, dIn, dOut) => {
     const T = 40;
     const groups = [
