@@ -155,7 +155,7 @@ export interface NativeCudaInfo {
 }
 
 /** Where kernel() runs an op: true / "reference" = CPU reference, false / "cpu" = CPU fast, "cuda". */
-export type KernelDevice = boolean | "reference" | "cpu" | "cpu-avx2" | "cuda";
+export type KernelDevice = boolean | "reference" | "cpu" | "cpu-avx512" | "cpu-avx2" | "cuda";
 
 export interface NativeAddon {
   loadModel(opts: NativeLoadOptions): Promise<NativeModel>;
@@ -165,7 +165,8 @@ export interface NativeAddon {
   /** A whole file, read on a worker thread into addon-owned memory (rejects with the path and the OS error). */
   readFile(path: string): Promise<ArrayBuffer>;
   fastKernels: boolean;
-  /** The fast CPU backend's name here: "cpu-avx512" (AVX-512VL GEMM), "cpu-avx2", or "cpu-reference". */
+  /** The fast CPU backend's name here: "cpu-avx512bf16" (AVX-512VL GEMM, BF16 weights through AVX-512 BF16 dot
+   * products), "cpu-avx512" (AVX-512VL GEMM), "cpu-avx2", or "cpu-reference". */
   cpuBackend: string;
 }
 

@@ -283,7 +283,8 @@ inline void token_scores(const float* qh, int hd, int g0, int g1, int ja, int L,
 void attention(ThreadPool& pool, const AttnArgs& a, const float* q, float* out) {
   const int hd = a.head_dim, group = a.n_heads / a.n_kv, bs = a.block_size;
   auto begin = [&](int t) { return a.kv_begin ? a.kv_begin[t] : 0; };
-  std::vector<int> first;  // first token of each token unit; a pair when the next unit starts two on
+  thread_local std::vector<int> first;  // first token of each token unit; a pair when the next unit starts two on
+  first.clear();
   for (int t = 0; t < a.T;) {
     const bool pair = t + 1 < a.T && !a.tree_base && a.block_table[t] == a.block_table[t + 1] && begin(t) == begin(t + 1);
     first.push_back(t);
@@ -291,6 +292,7 @@ void attention(ThreadPool& pool, const AttnArgs& a, const float* q, float* out) 
   }
   const int nu = int(first.size());
   first.push_back(a.T);
+  const int* fu = first.data();  // the caller's list: a worker naming `first` would get its own
   const int64_t units = int64_t(nu) * a.n_kv;
   int64_t work = 0;
   for (int t = 0; t < a.T; t++) work += int64_t(a.kv_len[t]) * a.n_heads * hd * 2;
@@ -301,7 +303,7 @@ void attention(ThreadPool& pool, const AttnArgs& a, const float* q, float* out) 
     thread_local std::vector<int64_t> row;  // [Lmax] float offset of KV row j in either cache
     thread_local std::vector<float*> srow;  // [n·group] row (token i, head g) of sc at srow[i·group + g]
     for (int64_t u = tid; u < units; u += nt) {
-      const int kh = int(u / nu), t0 = first[u % nu], n = first[u % nu + 1] - t0;
+      const int kh = int(u / nu), t0 = fu[u % nu], n = fu[u % nu + 1] - t0;
       const int j0 = begin(t0), L0 = a.kv_len[t0], L1 = a.kv_len[t0 + n - 1];
       const int Lmax = std::max(L0, L1), Lmin = std::min(L0, L1);
       const int32_t* bt = a.block_table[t0];
