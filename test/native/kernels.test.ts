@@ -3,7 +3,7 @@
 import { describe, expect, it } from "vitest";
 
 import { encodeTensor, type DType } from "../../engine/src/model/safetensors.js";
-import { native } from "../../engine/src/native.js";
+import { native, type KernelDevice } from "../../engine/src/native.js";
 import { maxDiff, rng } from "../helpers/tiny.js";
 
 const k = native();
@@ -53,7 +53,7 @@ describe("fast kernels match the reference", () => {
       ctx.skip();
     }
     // "cpu" is the widest build this CPU runs: with AVX-512 BF16, BF16 weights go through vdpbf16ps.
-    const builds = k.cpuBackend === "cpu-avx512bf16" ? ["cpu", "cpu-avx512"] : ["cpu"];
+    const builds: KernelDevice[] = k.cpuBackend === "cpu-avx512bf16" ? ["cpu", "cpu-avx512"] : ["cpu"];
     // T 1 (GEMV), 2-3 (direct), 4-32 (the AVX-512 build reads weights directly in token groups, the AVX2 build
     // converts blocks), 33+ (both convert blocks); K across the 8- and 16-lane tails, below one lane (K = 5) and
     // past a padded 1024; N across the 8- and 4-row tiles.
@@ -76,7 +76,7 @@ describe("fast kernels match the reference", () => {
     wf[K + 40] = 1;
     wf.fill(1, 2 * K);
     const w = new Uint8Array(encodeTensor(wf, "BF16"));
-    const devices: (boolean | string)[] = [true, "cpu", "cpu-avx2", ...(k.cpuBackend.startsWith("cpu-avx512") ? ["cpu-avx512"] : [])];
+    const devices: KernelDevice[] = [true, "cpu", "cpu-avx2", ...(k.cpuBackend.startsWith("cpu-avx512") ? ["cpu-avx512" as const] : [])];
     const cases: [number, number][] = [
       [1 + 2 ** -8, 1], // a tie: to even (down)
       [1 + 3 * 2 ** -8, 1 + 2 ** -6], // a tie: to even (up)
