@@ -426,11 +426,46 @@ void expand_row(const float* c, int rank, const void* Bt, int64_t ld, float* y, 
   for (; o < n; o++)
     for (int j = 0; j < rank; j++) y[o] = std::fma(c[j], load1<D>(Bt, j * ld + o), y[o]);
 }
+// expand_row for two tokens at once (c0 → y0, c1 → y1), sharing each loaded chunk of Bt: per element the same
+// FMA sequence as expand_row.
+template <DType D>
+void expand_rows2(const float* c0, const float* c1, int rank, const void* Bt, int64_t ld, float* y0, float* y1, int n) {
+  int o = 0;
+  for (; o + 32 <= n; o += 32) {
+    __m256 a0[4], a1[4];
+    for (int r = 0; r < 4; r++) a0[r] = _mm256_loadu_ps(y0 + o + 8 * r), a1[r] = _mm256_loadu_ps(y1 + o + 8 * r);
+    for (int j = 0; j < rank; j++) {
+      const __m256 cv0 = _mm256_set1_ps(c0[j]), cv1 = _mm256_set1_ps(c1[j]);
+      for (int r = 0; r < 4; r++) {
+        const __m256 b = load8<D>(Bt, j * ld + o + 8 * r);
+        a0[r] = _mm256_fmadd_ps(cv0, b, a0[r]);
+        a1[r] = _mm256_fmadd_ps(cv1, b, a1[r]);
+      }
+    }
+    for (int r = 0; r < 4; r++) _mm256_storeu_ps(y0 + o + 8 * r, a0[r]), _mm256_storeu_ps(y1 + o + 8 * r, a1[r]);
+  }
+  for (; o + 8 <= n; o += 8) {
+    __m256 a0 = _mm256_loadu_ps(y0 + o), a1 = _mm256_loadu_ps(y1 + o);
+    for (int j = 0; j < rank; j++) {
+      const __m256 b = load8<D>(Bt, j * ld + o);
+      a0 = _mm256_fmadd_ps(_mm256_set1_ps(c0[j]), b, a0);
+      a1 = _mm256_fmadd_ps(_mm256_set1_ps(c1[j]), b, a1);
+    }
+    _mm256_storeu_ps(y0 + o, a0), _mm256_storeu_ps(y1 + o, a1);
+  }
+  for (; o < n; o++)
+    for (int j = 0; j < rank; j++) {
+      const float b = load1<D>(Bt, j * ld + o);
+      y0[o] = std::fma(c0[j], b, y0[o]);
+      y1[o] = std::fma(c1[j], b, y1[o]);
+    }
+}
 }  // namespace
 
 // LoRA: work items are (group, chunk of up to 16 tokens); a chunk's tokens are gathered contiguous, shrunk
-// with the same tile kernel as linear() (so a token's result does not depend on its neighbours), then
-// expanded row by row of Bt. Items are taken dynamically: groups differ in rank and size.
+// with the tile kernel of linear() (four rank rows × two tokens at a time), then expanded two tokens per pass
+// over Bt. Each output keeps the operations it would have alone, so a token's result does not depend on its
+// neighbours. Items are taken dynamically: groups differ in rank and size.
 void lora(ThreadPool& pool, const float* x, int d_in, float* y, int d_out, const LoraGroup* g, int n_groups) {
   constexpr int kChunk = 16;
   std::vector<std::pair<int, int>> items;  // (group, first token index)
@@ -451,26 +486,42 @@ void lora(ThreadPool& pool, const float* x, int d_in, float* y, int d_out, const
       auto run = [&](auto d_tag) {
         constexpr DType D = decltype(d_tag)::value;
         const int64_t kvec = vec_k<D>(d_in);
-        int t = 0;
-        auto shrink = [&](auto nt_tag) {
-          constexpr int NT = decltype(nt_tag)::value;
-          for (int j = 0; j < G.rank; j++) {
-            __m256 acc[NT];
-            for (auto& v : acc) v = _mm256_setzero_ps();
-            tile<D, 1, NT>(G.A, d_in, j, xs.data() + int64_t(t) * d_in, d_in, 0, kvec, acc);
-            for (int tt = 0; tt < NT; tt++)
-              finish<D>(acc[tt], G.A, d_in, j, xs.data() + int64_t(t + tt) * d_in, d_in, kvec, nullptr,
-                        s.data() + int64_t(t + tt) * G.rank + j, false);
+        // s[i][j] = A[j]·x[i]: R rank rows × NT tokens per tile (4 × 2 while they last: 8 accumulators).
+        auto shrink = [&](auto r_tag, auto nt_tag, int j, int t) {
+          constexpr int R = decltype(r_tag)::value, NT = decltype(nt_tag)::value;
+          __m256 acc[R * NT];
+          for (auto& v : acc) v = _mm256_setzero_ps();
+          tile<D, R, NT>(G.A, d_in, j, xs.data() + int64_t(t) * d_in, d_in, 0, kvec, acc);
+          for (int tt = 0; tt < NT; tt++) {
+            const float* xr = xs.data() + int64_t(t + tt) * d_in;
+            float* out = s.data() + int64_t(t + tt) * G.rank + j;
+            if constexpr (R == 4) finish4<D>(acc + tt * 4, G.A, d_in, j, xr, d_in, kvec, nullptr, out, false);
+            else finish<D>(acc[tt], G.A, d_in, j, xr, d_in, kvec, nullptr, out, false);
           }
         };
-        for (; t + 3 <= n; t += 3) shrink(std::integral_constant<int, 3>{});
-        if (n - t == 2) shrink(std::integral_constant<int, 2>{}), t += 2;
-        if (n - t == 1) shrink(std::integral_constant<int, 1>{}), t += 1;
-        for (int i = 0; i < n; i++) {
-          float* c = s.data() + int64_t(i) * G.rank;
-          for (int j = 0; j < G.rank; j++) c[j] *= G.scale;
-          expand_row<D>(c, G.rank, G.Bt, d_out, y + int64_t(G.tok[i0 + i]) * d_out, d_out);
+        using I1 = std::integral_constant<int, 1>;
+        using I2 = std::integral_constant<int, 2>;
+        using I3 = std::integral_constant<int, 3>;
+        using I4 = std::integral_constant<int, 4>;
+        int j = 0;
+        for (; j + 4 <= G.rank; j += 4) {
+          int t = 0;
+          for (; t + 2 <= n; t += 2) shrink(I4{}, I2{}, j, t);
+          if (t < n) shrink(I4{}, I1{}, j, t);
         }
+        for (; j < G.rank; j++) {
+          int t = 0;
+          for (; t + 3 <= n; t += 3) shrink(I1{}, I3{}, j, t);
+          if (n - t == 2) shrink(I1{}, I2{}, j, t);
+          if (n - t == 1) shrink(I1{}, I1{}, j, t);
+        }
+        for (int i = 0; i < n; i++)
+          for (int r = 0; r < G.rank; r++) s[int64_t(i) * G.rank + r] *= G.scale;
+        int i = 0;
+        for (; i + 2 <= n; i += 2)
+          expand_rows2<D>(s.data() + int64_t(i) * G.rank, s.data() + int64_t(i + 1) * G.rank, G.rank, G.Bt, d_out,
+                          y + int64_t(G.tok[i0 + i]) * d_out, y + int64_t(G.tok[i0 + i + 1]) * d_out, d_out);
+        if (i < n) expand_row<D>(s.data() + int64_t(i) * G.rank, G.rank, G.Bt, d_out, y + int64_t(G.tok[i0 + i]) * d_out, d_out);
       };
       if (G.dtype == DType::BF16) run(std::integral_constant<DType, DType::BF16>{});
       else run(std::integral_constant<DType, DType::F32>{});
