@@ -1,7 +1,7 @@
 // The CPU GEMM for BF16 weights on CPUs with AVX-512 BF16 (Zen 4, Cooper Lake, Sapphire Rapids and later): one
-// vdpbf16ps takes 16 products, where the FMA path needs two FMAs, a mask and a shift, and the activations are staged
-// as bf16, half the bytes. The arithmetic is the one gemm_avx.inc defines for BF16 weights (activations rounded
-// by bf16_input, K in chunks of 16, each lane odd element then even, the scalar tail), so results equal
+// vdpbf16ps takes 16 products, where the FMA path needs two FMAs, a mask and a shift, and the activations are
+// staged as bf16, half the bytes. The arithmetic is the one gemm_avx.inc defines for BF16 weights (activations
+// rounded by bf16_input, K in chunks of 16, each lane odd element then even, the scalar tail), so results equal
 // fast::linear's and wide::linear's bit for bit. Called only after bf16dot::supported() said yes.
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c,avx512f,avx512vl,avx512bf16")
