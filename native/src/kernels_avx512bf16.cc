@@ -33,18 +33,22 @@ void stage_bf16(const float* x, int t0, int t1, int64_t K, uint16_t* xb, int64_t
     uint16_t* b = xb + int64_t(t) * ldx;
     int64_t k = 0;
     for (; k + 8 <= K; k += 8)
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(b + k), reinterpret_cast<__m128i>(_mm256_cvtneps_pbh(_mm256_loadu_ps(a + k))));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(b + k),
+                       reinterpret_cast<__m128i>(_mm256_cvtneps_pbh(_mm256_loadu_ps(a + k))));
     for (; k < K; k++) b[k] = bf16_input(a[k]);
   }
 }
 
-inline __m256bh load_bh(const uint16_t* p) { return reinterpret_cast<__m256bh>(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+inline __m256bh load_bh(const uint16_t* p) {
+  return reinterpret_cast<__m256bh>(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
 
 // R weight rows (W, rows K apart: contiguous) × NT token rows (x, ldx apart) over the whole chunks [0, k16),
 // into acc[t*R + r]. With `prefetch` (the rows come from memory, not cache) it starts the L2 prefetch of the
 // block's bytes kPrefetchAhead on, R lines per 32 elements consumed, as gemv8 does.
 template <int R, int NT>
-inline void tile_dot(const uint16_t* W, int64_t K, const uint16_t* x, int64_t ldx, int64_t k16, __m256* acc, bool prefetch) {
+inline void tile_dot(const uint16_t* W, int64_t K, const uint16_t* x, int64_t ldx, int64_t k16, __m256* acc,
+                     bool prefetch) {
   __m256 a[NT * R];
   for (int i = 0; i < NT * R; i++) a[i] = acc[i];
   const char* pf = reinterpret_cast<const char*>(W) + kPrefetchAhead;
@@ -85,13 +89,15 @@ void rows_tokens(const uint16_t* W, int64_t K, int64_t r0, int64_t r1, const uin
     __m256 acc[NT * 4];
     for (auto& v : acc) v = _mm256_setzero_ps();
     tile_dot<4, NT>(W + r * K, K, xt, ldx, k16, acc, prefetch);
-    for (int t = 0; t < NT; t++) finish4<DType::BF16>(acc + t * 4, W, K, r, xt + t * ldx, K, k16, bias, yt + t * N + r, accumulate);
+    for (int t = 0; t < NT; t++)
+      finish4<DType::BF16>(acc + t * 4, W, K, r, xt + t * ldx, K, k16, bias, yt + t * N + r, accumulate);
   }
   for (; r < r1; r++) {
     __m256 acc[NT];
     for (auto& v : acc) v = _mm256_setzero_ps();
     tile_dot<1, NT>(W + r * K, K, xt, ldx, k16, acc, false);
-    for (int t = 0; t < NT; t++) finish<DType::BF16>(acc[t], W, K, r, xt + t * ldx, K, k16, bias, yt + t * N + r, accumulate);
+    for (int t = 0; t < NT; t++)
+      finish<DType::BF16>(acc[t], W, K, r, xt + t * ldx, K, k16, bias, yt + t * N + r, accumulate);
   }
 }
 }  // namespace
@@ -113,7 +119,8 @@ void linear(ThreadPool& pool, const float* x_in, int T, const Mat& W, const floa
   thread_local std::vector<uint16_t> xb;
   if (xb.size() < size_t(T) * ldx) xb.resize(size_t(T) * ldx);
   uint16_t* xs = xb.data();  // the caller's buffer: a worker naming xb would get its own
-  pool.parallel_for(T, 1, [&](int64_t t0, int64_t t1) { stage_bf16(x_in, int(t0), int(t1), K, xs, ldx); }, int64_t(T) * K);
+  pool.parallel_for(
+      T, 1, [&](int64_t t0, int64_t t1) { stage_bf16(x_in, int(t0), int(t1), K, xs, ldx); }, int64_t(T) * K);
   const uint16_t* Wb = static_cast<const uint16_t*>(W.data);
   pool.parallel_for(N, kRowBlock, [&](int64_t r0, int64_t r1) {
     for (int64_t rb = r0; rb < r1; rb += kDotRows) {
