@@ -23,7 +23,7 @@ JOBS=$(nproc 2>/dev/null || echo 2)
 
 NVFLAGS="-std=c++17 -O3 -Xcompiler -ffp-contract=off -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_80,code=compute_80 -Inative/src"
 CXXFLAGS="-std=c++17 -O3 -ffp-contract=off -fno-math-errno -Wall -Wextra -Wno-unused-parameter -pthread -Inative/src -I$CUDA/include"
-HEADERS="native/src/*.h native/src/cuda/*.cuh"
+HEADERS="native/src/*.h native/src/*.inc native/src/cuda/*.cuh"
 SOURCES="native/src/cuda/*.cu native/src/backend_cpu.cc native/src/fileread.cc native/src/kernels_ref.cc native/src/kernels_avx2.cc native/src/kernels_avx512.cc native/src/kernels_avx512bf16.cc
          native/src/model.cc native/src/sampler.cc native/src/threadpool.cc native/tests/gpu_check.cc"
 

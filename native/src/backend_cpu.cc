@@ -39,7 +39,7 @@ class CpuBackend final : public Backend {
     fast_ ? fast::silu_mul(pool_, g, u, n, out) : ref::silu_mul(g, u, n, out);
   }
   void attention(const AttnArgs& a, const float* q, float* out) override {
-    fast_ ? fast::attention(pool_, a, q, out) : ref::attention(a, q, out);
+    wide_ ? wide::attention(pool_, a, q, out) : fast_ ? fast::attention(pool_, a, q, out) : ref::attention(a, q, out);
   }
   void lora(const float* x, int d_in, float* y, int d_out, const LoraGroup* g, int n) override {
     fast_ ? fast::lora(pool_, x, d_in, y, d_out, g, n) : ref::lora(x, d_in, y, d_out, g, n);

@@ -71,6 +71,7 @@ double logsumexp(const float* x, int64_t n);
 namespace wide {
 bool supported();  // fast::supported() + AVX-512F/VL at run time
 void linear(ThreadPool& pool, const float* x, int T, const Mat& W, const float* bias, float* y, bool accumulate);
+void attention(ThreadPool& pool, const AttnArgs& a, const float* q, float* out);
 }  // namespace wide
 
 // BF16 weights through AVX-512 BF16 dot products (vdpbf16ps): fewer instructions, the same results as

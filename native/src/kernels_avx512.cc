@@ -19,11 +19,12 @@ bool supported() {
   return fast::supported() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
 }
 
-namespace {
 #define LX_GEMM_WIDE 1
+namespace {
 #include "gemm_avx.inc"
-#undef LX_GEMM_WIDE
 }  // namespace
+#include "attention_avx.inc"
+#undef LX_GEMM_WIDE
 
 void linear(ThreadPool& pool, const float* x, int T, const Mat& W, const float* bias, float* y, bool accumulate) {
   linear_dtype(pool, x, T, W, bias, y, accumulate);

@@ -160,7 +160,7 @@ describe("fast kernels match the reference", () => {
 
   it.each([
     [4, 4, 64, 0], [8, 4, 64, 0], [6, 2, 20, 0], [3, 3, 16, 0], [12, 4, 64, 6],
-  ])("paged attention over whole sequences (heads=%i kv=%i head_dim=%i window=%i): equal bit for bit to each token alone", (heads, kvHeads, hd, window) => {
+  ])("paged attention over whole sequences (heads=%i kv=%i head_dim=%i window=%i): equal bit for bit to each token alone and across builds", (heads, kvHeads, hd, window) => {
     // Three sequences in one step, as the engine sends them: a prefill chunk of 9 tokens (keys 4..12 new), a
     // decode token, a prompt of 6 from scratch; tokens of a sequence share its block table (`seq`), so the fast
     // kernel takes consecutive tokens two at a time.
@@ -176,6 +176,8 @@ describe("fast kernels match the reference", () => {
     const all = k.kernel("attention", false, { ...base, q, T, kvLen, kvBegin, seq }) as Float32Array;
     const ref = k.kernel("attention", true, { ...base, q, T, kvLen, kvBegin, seq }) as Float32Array;
     expect(maxDiff(all, ref)).toBeLessThan(1e-5);
+    // The AVX2 build (16 registers) equals the widest one bit for bit.
+    expect(Array.from(k.kernel("attention", "cpu-avx2", { ...base, q, T, kvLen, kvBegin, seq }) as Float32Array)).toEqual(Array.from(all));
     const w = heads * hd;
     for (let t = 0; t < T; t++) {
       const one = k.kernel("attention", false, { ...base, q: q.slice(t * w, (t + 1) * w), T: 1, kvLen: kvLen.slice(t, t + 1), kvBegin: kvBegin.slice(t, t + 1), seq: seq.slice(t, t + 1) }) as Float32Array;
