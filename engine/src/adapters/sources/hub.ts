@@ -139,12 +139,12 @@ export class HubSource implements AdapterSource {
 
   private resolve(ref: HubRef, id: string, token: string | undefined, signal: AbortSignal | undefined, reuseMs: number): Promise<Resolved> {
     const shared = this.resolutions.run(`${ref.repo}@${ref.revision}#${tokenKey(token)}`, () => this.askHub(ref, id, token), reuseMs);
-    return untilAborted(shared, signal, `hub adapter "${id}": access check`);
+    return untilAborted(shared, signal, `hub repo "${id}": access check`);
   }
 
   private async askHub(ref: HubRef, id: string, token: string | undefined): Promise<Resolved> {
     const deadline = new Deadline(this.timeouts.accessMs);
-    const what = `hub adapter "${id}": access check`;
+    const what = `hub repo "${id}": access check`;
     try {
       const info = await modelInfo({
         name: ref.repo,
@@ -165,7 +165,7 @@ export class HubSource implements AdapterSource {
   /** Gated repos show their metadata to anyone; only a file request tells whether this token was granted access. */
   private async probeGated(ref: HubRef, id: string, sha: string, token: string | undefined, deadline: Deadline): Promise<void> {
     const url = `${this.endpoint}/${ref.repo}/resolve/${sha}/adapter_config.json`;
-    await withRetries({ policy: this.policy, deadline, log: this.log, attemptMs: this.timeouts.requestMs, what: `hub adapter "${id}": gated access check` }, async (signal) => {
+    await withRetries({ policy: this.policy, deadline, log: this.log, attemptMs: this.timeouts.requestMs, what: `hub repo "${id}": gated access check` }, async (signal) => {
       const res = await fetch(url, { method: "HEAD", headers: this.headers(token), redirect: "manual", signal });
       await res.body?.cancel();
       if (res.ok || (res.status >= 300 && res.status < 400) || res.status === 404) return;
@@ -202,7 +202,7 @@ export class HubSource implements AdapterSource {
   private throwForStatus(status: number, errorCode: string | null, ref: HubRef, id: string, token: string | undefined): never {
     if (status === 401 || status === 403 || status === 404) throw this.mapError(new HubApiError("", status, undefined, errorCode ?? ""), ref, id, token);
     if (isRetryableStatus(status)) throw new TransientError(`the Hub answered HTTP ${status}`, status);
-    throw new UpstreamError(`hub adapter "${id}": the Hub answered HTTP ${status}`);
+    throw new UpstreamError(`hub repo "${id}": the Hub answered HTTP ${status}`);
   }
 
   /** Hub answers → the engine's errors; messages name the adapter and what to do, never the token. */
@@ -215,23 +215,23 @@ export class HubSource implements AdapterSource {
           return new AdapterAccessError(
             "unauthorized",
             token === undefined
-              ? `hub adapter "${id}" is private, gated or does not exist: pass a Hugging Face token that can read it as api_token (or Authorization: Bearer)`
-              : `hub adapter "${id}": the Hub refused the token (invalid, expired or revoked) or the repo does not exist; pass a valid token with read access`,
+              ? `hub repo "${id}" is private, gated or does not exist: pass a Hugging Face token that can read it as api_token (or Authorization: Bearer)`
+              : `hub repo "${id}": the Hub refused the token (invalid, expired or revoked) or the repo does not exist; pass a valid token with read access`,
           );
         case 403:
           return new AdapterAccessError(
             "forbidden",
-            `hub adapter "${id}": the token may not read this repo (gated: accept its conditions at ${page} with the token's account; fine-grained tokens need read access to it)`,
+            `hub repo "${id}": the token may not read this repo (gated: accept its conditions at ${page} with the token's account; fine-grained tokens need read access to it)`,
           );
         case 404:
           return new NotFoundError(
             /revision|rev id/i.test(err.message)
-              ? `hub adapter "${id}": revision "${ref.revision}" not found in ${ref.repo} (check the branch, tag or commit after "@")`
-              : `hub adapter "${id}" not found on ${this.endpoint} (check the repo id)`,
+              ? `hub repo "${id}": revision "${ref.revision}" not found in ${ref.repo} (check the branch, tag or commit after "@")`
+              : `hub repo "${id}" not found on ${this.endpoint} (check the repo id)`,
             "adapter_id",
           );
         default:
-          return new UpstreamError(`hub adapter "${id}": the Hub answered HTTP ${err.statusCode}`);
+          return new UpstreamError(`hub repo "${id}": the Hub answered HTTP ${err.statusCode}`);
       }
     }
     return err;
@@ -293,7 +293,7 @@ export class HubSource implements AdapterSource {
       repo: { type: "model", name: ref.repo },
       revision: sha,
       hubUrl: this.endpoint,
-      fetch: this.libFetch(deadline, `hub adapter "${id}": listing files`, token),
+      fetch: this.libFetch(deadline, `hub repo "${id}": listing files`, token),
     });
     for await (const e of entries) if (e.type === "file") out.set(e.path, e);
     return out;
@@ -303,7 +303,7 @@ export class HubSource implements AdapterSource {
   private async ensureFile(ref: HubRef, id: string, sha: string, f: ListFileEntry, token: string | undefined, repoDir: string, deadline: Deadline): Promise<void> {
     const etag = f.lfs?.oid ?? f.oid;
     const size = f.lfs?.size ?? f.size;
-    if (etag === undefined || !ETAG_RE.test(etag)) throw new UpstreamError(`hub adapter "${id}": the Hub listed ${f.path} without a usable object id`);
+    if (etag === undefined || !ETAG_RE.test(etag)) throw new UpstreamError(`hub repo "${id}": the Hub listed ${f.path} without a usable object id`);
     const blob = join(repoDir, "blobs", etag);
     const pointer = join(repoDir, "snapshots", sha, ...f.path.split("/"));
     const have = await stat(blob).catch(() => undefined);
@@ -317,7 +317,7 @@ export class HubSource implements AdapterSource {
 
   private downloadBlob(ref: HubRef, id: string, sha: string, path: string, size: number, hash: ContentHash, blob: string, token: string | undefined, deadline: Deadline): Promise<void> {
     const url = `${this.endpoint}/${ref.repo}/resolve/${sha}/${encodePath(path)}`;
-    const what = `hub adapter "${id}": ${path}`;
+    const what = `hub repo "${id}": ${path}`;
     return withRetries({ policy: this.policy, deadline, log: this.log, what }, async (attemptSignal) => {
       const cut = new AbortController();
       const signal = AbortSignal.any([attemptSignal, cut.signal]);

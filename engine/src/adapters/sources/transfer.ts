@@ -44,12 +44,27 @@ export function isRetryableStatus(status: number): boolean {
   return status >= 500 || status === 429 || status === 408;
 }
 
-/** The network error code of `err` or of its `cause` chain (undici wraps socket errors in "fetch failed"). */
+/** The transient network error code of `err` or of its `cause` chain (undici wraps socket errors in "fetch failed"). */
 export function networkCode(err: unknown): string | undefined {
+  return codeIn(err, (code) => TRANSIENT_CODES.has(code));
+}
+
+/** Network failures no retry mends: a host name that does not resolve, a TLS peer or certificate refused. */
+const FATAL_CODE = /^(ENOTFOUND|EPROTO|ERR_TLS_|ERR_SSL_|CERT_|UNABLE_TO_|DEPTH_ZERO_|SELF_SIGNED_)/;
+
+/** What to check when a fatal network code stops a transfer. */
+function fatalHint(code: string): string {
+  return code === "ENOTFOUND"
+    ? "the host name does not resolve from this server: check the source's endpoint setting and the server's network and DNS"
+    : "the TLS connection was refused: check the endpoint's certificate (NODE_EXTRA_CA_CERTS for a private CA)";
+}
+
+/** The first `code` along an error's cause chain that passes `test`. */
+function codeIn(err: unknown, test: (code: string) => boolean): string | undefined {
   let e: unknown = err;
   for (let depth = 0; depth < 4 && e !== null && typeof e === "object"; depth++) {
     const code = (e as { code?: unknown }).code;
-    if (typeof code === "string" && TRANSIENT_CODES.has(code)) return code;
+    if (typeof code === "string" && test(code)) return code;
     e = (e as { cause?: unknown }).cause;
   }
   return undefined;
@@ -57,7 +72,7 @@ export function networkCode(err: unknown): string | undefined {
 
 function describe(err: unknown): string {
   if (err instanceof Error) {
-    const code = networkCode(err);
+    const code = codeIn(err, (c) => TRANSIENT_CODES.has(c) || FATAL_CODE.test(c));
     const cause = (err as { cause?: unknown }).cause;
     const causeMsg = cause instanceof Error && cause.message !== err.message ? ` (${cause.message})` : "";
     return code !== undefined && !err.message.includes(code) ? `${err.message}${causeMsg} [${code}]` : `${err.message}${causeMsg}`;
@@ -100,6 +115,7 @@ export interface RetryContext {
 /**
  * Runs `attempt` until it succeeds, fails for good, or the deadline passes.
  * Transient failures (TransientError, network codes, attempt timeouts) are retried with full-jitter backoff;
+ * network failures no retry mends (a host name that does not resolve, TLS refused) → UpstreamError at once;
  * anything else is rethrown at once. Exhausted retries → UpstreamError (502, or 504 when the last try timed out).
  */
 export async function withRetries<T>(ctx: RetryContext, attempt: (signal: AbortSignal, n: number) => Promise<T>): Promise<T> {
@@ -121,6 +137,8 @@ export async function withRetries<T>(ctx: RetryContext, attempt: (signal: AbortS
       } else if (networkCode(err) !== undefined) {
         last = new TransientError(describe(err));
       } else {
+        const fatal = codeIn(err, (c) => FATAL_CODE.test(c));
+        if (fatal !== undefined) throw new UpstreamError(`${what}: ${describe(err)}; ${fatalHint(fatal)}`);
         throw err;
       }
     }
