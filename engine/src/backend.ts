@@ -6,6 +6,7 @@ import { readModelSpec, type ModelSpec } from "./model/config.js";
 import { DTYPE_CODE, type DType } from "./model/safetensors.js";
 import { listWeights } from "./model/weights.js";
 import { native, type NativeDevice, type NativeMedusa, type NativeModel, type NativeStepInput, type NativeStepOutput } from "./native.js";
+import type { LogitBias } from "./sampling.js";
 
 export interface BackendOptions {
   /** KV memory budget in bytes (whole pool, all layers). */
@@ -51,6 +52,7 @@ export interface RowSampling {
   nTop: number;
   target: number; // -1 = none
   penalties?: { ids: Int32Array; counts: Int32Array };
+  logitBias?: LogitBias;
   mask?: Uint32Array; // [ceil(vocab/32)]
 }
 
@@ -176,19 +178,26 @@ export class Backend {
     btOffsets[S] = nb;
     const bt = new Int32Array(nb);
     b.sequences.forEach((s, i) => bt.set(s.blockTable, btOffsets[i]));
-    const rowI = new Int32Array(R * 8), rowF = new Float32Array(R * 8), rowSeed = new BigUint64Array(R);
-    let nPen = 0, nMask = 0, nTop = 0;
+    const rowI = new Int32Array(R * 10), rowF = new Float32Array(R * 8), rowSeed = new BigUint64Array(R);
+    let nPen = 0, nBias = 0, nMask = 0, nTop = 0;
     for (const r of b.rows) {
       nPen += r.penalties?.ids.length ?? 0;
+      nBias += r.logitBias?.ids.length ?? 0;
       if (r.mask) nMask++;
       nTop = Math.max(nTop, r.nTop);
     }
     const penIds = new Int32Array(nPen), penCounts = new Int32Array(nPen);
+    const biasIds = nBias ? new Int32Array(nBias) : undefined, bias = nBias ? new Float32Array(nBias) : undefined;
     const words = (this.spec.vocabSize + 31) >>> 5;
     const masks = nMask ? new Uint32Array(nMask * words) : undefined;
-    let po = 0, mi = 0;
+    let po = 0, bo = 0, mi = 0;
     b.rows.forEach((r, i) => {
       const o = i * 8;
+      const nb = r.logitBias?.ids.length ?? 0;
+      if (nb) {
+        biasIds!.set(r.logitBias!.ids, bo);
+        bias!.set(r.logitBias!.values, bo);
+      }
       const np = r.penalties?.ids.length ?? 0;
       if (np) {
         penIds.set(r.penalties!.ids, po);
@@ -199,14 +208,15 @@ export class Backend {
         masks!.set(r.mask, mi * words);
         maskIndex = mi++;
       }
-      rowI.set([r.topK, r.nTop, r.target, (r.sample ? 1 : 0) | (r.doSample ? 2 : 0), po, np, maskIndex, r.step], o);
+      rowI.set([r.topK, r.nTop, r.target, (r.sample ? 1 : 0) | (r.doSample ? 2 : 0), po, np, maskIndex, r.step, bo, nb], i * 10);
       rowF.set([r.temperature, r.topP, r.typicalP, r.minP, r.repetitionPenalty, r.presencePenalty, r.frequencyPenalty, 0], o);
       rowSeed[i] = r.seed;
       po += np;
+      bo += nb;
     });
     const input: NativeStepInput = {
       tokens, positions, kvIndex, seq, adapter, treeBase, treeMask, btOffsets, bt,
-      outRows: Int32Array.from(b.outRows), rowI, rowF, rowSeed, penIds, penCounts, masks,
+      outRows: Int32Array.from(b.outRows), rowI, rowF, rowSeed, penIds, penCounts, biasIds, bias, masks,
       nTop, wantLogits: b.wantLogits, wantHidden: b.wantHidden,
       blockCopies: b.blockCopies?.length ? Int32Array.from(b.blockCopies.flat()) : undefined,
       kvMoves: b.kvMoves?.length ? Int32Array.from(b.kvMoves.flat()) : undefined,

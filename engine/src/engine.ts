@@ -280,7 +280,7 @@ export class Engine extends EventEmitter {
     if (this.stopped) throw new OverloadedError("the server is shutting down");
     if (this.inflight >= this.opts.maxConcurrentRequests)
       throw new OverloadedError(`${this.inflight} requests in flight, the limit is ${this.opts.maxConcurrentRequests}: retry shortly`);
-    validateSampling(req.params);
+    validateSampling(req.params, this.spec.vocabSize);
     const grammarP = req.responseFormat ? this.compileGrammar(req.responseFormat) : undefined;
     grammarP?.catch(() => {});
     const leaseP = req.adapter
@@ -348,7 +348,7 @@ export class Engine extends EventEmitter {
     if (this.stopped) throw new OverloadedError("the server is shutting down");
     if (this.inflight >= this.opts.maxConcurrentRequests)
       throw new OverloadedError(`${this.inflight} requests in flight, the limit is ${this.opts.maxConcurrentRequests}: retry shortly`);
-    validateSampling(req.params);
+    validateSampling(req.params, this.spec.vocabSize);
     const prompt = this.validatePrompt(req.prompt, req.params.maxNewTokens);
     const n = req.n ?? 1;
     if (!Number.isInteger(n) || n < 1) throw new ValidationError(`n must be an integer ≥ 1, got ${n}`, "n");
@@ -688,6 +688,7 @@ export class Engine extends EventEmitter {
       nTop: sample ? p.topLogprobs : 0,
       target,
       penalties: sample ? out.penalties?.arrays() : undefined,
+      logitBias: sample ? p.logitBias : undefined,
       mask,
     };
   }

@@ -58,13 +58,15 @@ export interface NativeStepInput {
   btOffsets: Int32Array; // [S+1]
   bt: Int32Array; // block ids, all sequences flattened
   outRows: Int32Array; // [R]
-  /** [R, 8]: top_k, n_top, target id, flags (1 sample, 2 do_sample), pen offset, pen count, mask index, step. */
+  /** [R, 10]: top_k, n_top, target id, flags (1 sample, 2 do_sample), pen offset, pen count, mask index, step, bias offset, bias count. */
   rowI: Int32Array;
   /** [R, 8]: temperature, top_p, typical_p, min_p, repetition, presence, frequency penalties, unused. */
   rowF: Float32Array;
   rowSeed: BigUint64Array; // [R]
   penIds?: Int32Array;
   penCounts?: Int32Array;
+  biasIds?: Int32Array; // logit bias: token ids, rows' ranges given by rowI
+  bias?: Float32Array; // added to those tokens' logits
   masks?: Uint32Array; // [M, ceil(vocab/32)]
   nTop: number;
   wantLogits?: boolean;

@@ -20,7 +20,18 @@ export interface SamplingParams {
   topLogprobs: number;
   /** Report log-probabilities of the prompt tokens (decoder_input_details / echo). */
   promptLogprobs: boolean;
+  /** Added to these tokens' logits before the choice (after the penalties); reported logprobs stay raw. */
+  logitBias?: LogitBias;
 }
+
+/** OpenAI's logit_bias in engine terms: distinct token ids and what to add to each one's logit. */
+export interface LogitBias {
+  ids: Int32Array;
+  values: Float32Array;
+}
+
+/** Largest |bias| accepted: ±100 already bans or forces a token (OpenAI's range). */
+export const MAX_LOGIT_BIAS = 100;
 
 export const DEFAULT_SAMPLING: SamplingParams = {
   maxNewTokens: 20,
@@ -41,7 +52,7 @@ export const DEFAULT_SAMPLING: SamplingParams = {
 
 export const MAX_TOP_LOGPROBS = 20;
 
-export function validateSampling(p: SamplingParams): void {
+export function validateSampling(p: SamplingParams, vocabSize: number): void {
   const bad = (field: string, v: unknown, hint: string) => new ValidationError(`${field} must be ${hint}, got ${JSON.stringify(v)}`, field);
   if (!Number.isInteger(p.maxNewTokens) || p.maxNewTokens < 1) throw bad("max_new_tokens", p.maxNewTokens, "an integer ≥ 1");
   if (!(p.temperature >= 0) || !Number.isFinite(p.temperature)) throw bad("temperature", p.temperature, "a number ≥ 0");
@@ -55,6 +66,17 @@ export function validateSampling(p: SamplingParams): void {
   if (!Number.isInteger(p.topLogprobs) || p.topLogprobs < 0 || p.topLogprobs > MAX_TOP_LOGPROBS)
     throw bad("top_logprobs", p.topLogprobs, `an integer in [0, ${MAX_TOP_LOGPROBS}]`);
   if (p.stop.some((s) => typeof s !== "string" || s.length === 0)) throw bad("stop", p.stop, "a list of non-empty strings");
+  if (p.logitBias) {
+    const { ids, values } = p.logitBias;
+    if (ids.length !== values.length) throw new ValidationError(`logit_bias has ${ids.length} token ids but ${values.length} values`, "logit_bias");
+    const seen = new Set<number>();
+    ids.forEach((id, i) => {
+      if (!(id >= 0 && id < vocabSize)) throw new ValidationError(`logit_bias names token ${id}, outside this model's vocabulary [0, ${vocabSize})`, "logit_bias");
+      if (seen.has(id)) throw new ValidationError(`logit_bias names token ${id} twice`, "logit_bias");
+      seen.add(id);
+      if (!(Math.abs(values[i]) <= MAX_LOGIT_BIAS)) throw new ValidationError(`logit_bias for token ${id} must be in [-${MAX_LOGIT_BIAS}, ${MAX_LOGIT_BIAS}], got ${values[i]}`, "logit_bias");
+    });
+  }
 }
 
 /** Tokens seen by a sequence, for repetition/presence/frequency penalties: id → times in the output. */

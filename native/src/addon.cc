@@ -102,10 +102,10 @@ class StepWorker : public Napi::AsyncWorker {
 
   // Copies of the inputs: the step runs after JavaScript has moved on.
   std::vector<int32_t> tokens, positions, kv_index, seq, adapter, tree_base, bt_offsets, bt, out_rows, row_i, pen_ids,
-      pen_counts, block_copies, kv_moves, groups, group_parents;
+      pen_counts, bias_ids, block_copies, kv_moves, groups, group_parents;
   int medusa_k = 1;
   std::vector<uint64_t> tree_mask, row_seed;
-  std::vector<float> row_f;
+  std::vector<float> row_f, bias;
   std::vector<uint32_t> masks;
   int n_top = 0;
   bool want_logits = false, want_hidden = false;
@@ -157,7 +157,7 @@ class StepWorker : public Napi::AsyncWorker {
   Status run() {
     auto t0 = std::chrono::steady_clock::now();
     const int T = int(tokens.size()), R = int(out_rows.size());
-    constexpr int kRowI = 8, kRowF = 8;
+    constexpr int kRowI = 10, kRowF = 8;
     auto bad_len = [](const char* n, size_t got, size_t want) {
       return Status::Invalid(std::string("'") + n + "' has " + std::to_string(got) + " entries, expected " + std::to_string(want));
     };
@@ -176,6 +176,7 @@ class StepWorker : public Napi::AsyncWorker {
     if (row_f.size() != size_t(R) * kRowF) return bad_len("rowF", row_f.size(), size_t(R) * kRowF);
     if (row_seed.size() != size_t(R)) return bad_len("rowSeed", row_seed.size(), R);
     if (pen_ids.size() != pen_counts.size()) return bad_len("penCounts", pen_counts.size(), pen_ids.size());
+    if (bias_ids.size() != bias.size()) return bad_len("bias", bias.size(), bias_ids.size());
     const int V = model->config().vocab, words = (V + 31) / 32;
     lx::StepInput in;
     in.T = T;
@@ -210,6 +211,11 @@ class StepWorker : public Napi::AsyncWorker {
       sr.pen_ids = pen_ids.data() + po;
       sr.pen_counts = pen_counts.data() + po;
       sr.n_pen = pn;
+      const int bo = ri[8], bn = ri[9];
+      if (bo < 0 || bn < 0 || size_t(bo) + bn > bias_ids.size()) return Status::Invalid("logit bias range of row " + std::to_string(r) + " out of bounds");
+      sr.bias_ids = bias_ids.data() + bo;
+      sr.bias = bias.data() + bo;
+      sr.n_bias = bn;
       if (mi >= 0) {
         if (size_t(mi + 1) * words > masks.size()) return Status::Invalid("mask index " + std::to_string(mi) + " of row " + std::to_string(r) + " out of bounds");
         sr.mask = masks.data() + size_t(mi) * words;
@@ -287,6 +293,8 @@ Napi::Value Step(const Napi::CallbackInfo& info) {
     w->row_seed = copy_array<uint64_t, Napi::BigUint64Array>(env, o.Get("rowSeed"), "rowSeed", false);
     w->pen_ids = I32(o, "penIds", true);
     w->pen_counts = I32(o, "penCounts", true);
+    w->bias_ids = I32(o, "biasIds", true);
+    w->bias = F32(o, "bias", true);
     w->masks = copy_array<uint32_t, Napi::Uint32Array>(env, o.Get("masks"), "masks", true);
     w->n_top = std::max(0, std::min(get_int(o, "nTop", 0), 64));
     w->block_copies = I32(o, "blockCopies", true);
@@ -701,7 +709,9 @@ Napi::Value Kernel(const Napi::CallbackInfo& info) {
   }
   if (name == "sample") {
     auto logits = F32(a, "logits", false);
-    auto pen_ids = I32(a, "penIds", true), pen_counts = I32(a, "penCounts", true);
+    auto pen_ids = I32(a, "penIds", true), pen_counts = I32(a, "penCounts", true), bias_ids = I32(a, "biasIds", true);
+    auto bias = F32(a, "bias", true);
+    if (bias.size() != bias_ids.size()) throw_invalid(env, "'bias' has " + std::to_string(bias.size()) + " entries, expected " + std::to_string(bias_ids.size()));
     auto mask = copy_array<uint32_t, Napi::Uint32Array>(env, a.Get("mask"), "mask", true);
     lx::SampleRow r;
     r.logits = m.put(logits);  // op memory: sampled where the backend keeps logits
@@ -722,6 +732,9 @@ Napi::Value Kernel(const Napi::CallbackInfo& info) {
     r.pen_ids = pen_ids.data();
     r.pen_counts = pen_counts.data();
     r.n_pen = int(pen_ids.size());
+    r.bias_ids = bias_ids.data();
+    r.bias = bias.data();
+    r.n_bias = int(bias_ids.size());
     r.mask = mask.empty() ? nullptr : mask.data();
     std::vector<int32_t> top(std::max(0, r.n_top));
     std::vector<float> toplp(top.size());

@@ -38,7 +38,7 @@ void top_n(const float* v, int V, int n, bool reference, std::vector<int32_t>& i
 
 namespace {
 
-// The processed distribution of a row: penalties → mask → (greedy: argmax) → temperature → filters. Returns the
+// The processed distribution of a row: penalties → logit bias → mask → (greedy: argmax) → temperature → filters. Returns the
 // greedy token, or -1 when sampling: then `idx` holds the kept tokens in id order, `work[id]` their
 // probabilities (not renormalised), and the return of `kept_mass` their sum.
 int processed(Backend& be, const SampleRow& r, int V, bool reference, std::vector<float>& work, std::vector<int32_t>& idx,
@@ -51,6 +51,8 @@ int processed(Backend& be, const SampleRow& r, int V, bool reference, std::vecto
     if (r.repetition_penalty != 1.f) x = x > 0 ? x / r.repetition_penalty : x * r.repetition_penalty;
     if (r.pen_counts[i] > 0) x -= r.presence_penalty + r.frequency_penalty * float(r.pen_counts[i]);
   }
+  for (int i = 0; i < r.n_bias; i++)
+    if (r.bias_ids[i] >= 0 && r.bias_ids[i] < V) work[r.bias_ids[i]] += r.bias[i];
   if (r.mask)
     for (int i = 0; i < V; i++)
       if (!allowed(r.mask, i)) work[i] = -INFINITY;

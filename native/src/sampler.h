@@ -22,6 +22,9 @@ struct SampleRow {
   const int32_t* pen_ids = nullptr;     // [n_pen] tokens seen in prompt or output
   const int32_t* pen_counts = nullptr;  // [n_pen] times seen in the output (0 = prompt only)
   int n_pen = 0;
+  const int32_t* bias_ids = nullptr;  // [n_bias] tokens whose logit is shifted (OpenAI logit_bias)
+  const float* bias = nullptr;        // [n_bias] added to those logits
+  int n_bias = 0;
   const uint32_t* mask = nullptr;  // [ceil(V/32)] allowed tokens, or null for all
 };
 

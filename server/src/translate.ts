@@ -4,7 +4,7 @@ import type { Request } from "express";
 
 import type { AdapterRequest, SubmitRequest } from "../../engine/src/engine.js";
 import { ValidationError } from "../../engine/src/errors.js";
-import { DEFAULT_SAMPLING, type SamplingParams } from "../../engine/src/sampling.js";
+import { DEFAULT_SAMPLING, type LogitBias, type SamplingParams } from "../../engine/src/sampling.js";
 import { adapterById, adapterFromModel, checkStops, defaultAdapter, tokenFor, type ServerContext } from "./context.js";
 import { resolveSource } from "../../engine/src/adapters/sources/index.js";
 import type { components } from "./wire-types.js";
@@ -79,7 +79,6 @@ export function nativeParams(ctx: ServerContext, req: Request, body: S["Generate
 type OpenAIBody = S["CompletionRequest"] | S["ChatCompletionRequest"];
 
 export function openaiParams(ctx: ServerContext, req: Request, body: OpenAIBody, maxTokens: number | undefined, topLogprobs: number): { params: SamplingParams; adapter?: AdapterRequest } {
-  if (body.logit_bias && Object.keys(body.logit_bias).length > 0) throw new ValidationError("logit_bias is not supported", "logit_bias");
   const temperature = body.temperature ?? 1;
   const merged = mergedOf(body.merged_adapters);
   const adapter: AdapterRequest | undefined = merged
@@ -103,8 +102,16 @@ export function openaiParams(ctx: ServerContext, req: Request, body: OpenAIBody,
       stop: checkStops(ctx, stop),
       ignoreEos: body.ignore_eos ?? false,
       topLogprobs,
+      logitBias: logitBiasOf(body.logit_bias),
     },
   };
+}
+
+/** OpenAI's logit_bias ({"token id": bias}, checked against the schema) as the engine's arrays; {} = none. */
+function logitBiasOf(bias: OpenAIBody["logit_bias"]): LogitBias | undefined {
+  const ids = Object.keys(bias ?? {});
+  if (ids.length === 0) return undefined;
+  return { ids: Int32Array.from(ids, Number), values: Float32Array.from(ids, (id) => bias![id]) };
 }
 
 type EngineResponseFormat = NonNullable<SubmitRequest["responseFormat"]>;

@@ -57,6 +57,7 @@ export function validateBody<T>(name: string, body: unknown): T {
   let msg: string;
   if (e.keyword === "additionalProperties") msg = `unknown field "${field}": remove it (see /openapi.json for the fields this route takes)`;
   else if (e.keyword === "required") msg = `missing required field "${field}"`;
+  else if (e.propertyName !== undefined) msg = `${field} has the key ${describe(e.propertyName)}, which ${e.message ?? "is invalid"}`;
   else msg = `${field} ${e.message ?? "is invalid"}, got ${describe(valueAt(body, e.instancePath))}`;
   throw new ValidationError(msg, field);
 }

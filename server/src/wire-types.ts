@@ -414,7 +414,10 @@ export interface components {
             frequency_penalty?: number | null;
             seed?: number | null;
             user?: string | null;
-            logit_bias?: Record<string, never> | null;
+            /** @description Token id (as a string) → a number in [-100, 100] added to that token's logit before the choice; -100 bans a token, 100 forces it. Reported logprobs stay the model's. */
+            logit_bias?: {
+                [key: string]: number;
+            } | null;
             adapter_source?: ("hub" | "pbase" | "local" | "s3") | null;
             api_token?: string | null;
             merged_adapters?: components["schemas"]["MergedAdapters"] | null;
@@ -479,7 +482,10 @@ export interface components {
             frequency_penalty?: number | null;
             seed?: number | null;
             user?: string | null;
-            logit_bias?: Record<string, never> | null;
+            /** @description Token id (as a string) → a number in [-100, 100] added to that token's logit before the choice; -100 bans a token, 100 forces it. Reported logprobs stay the model's. */
+            logit_bias?: {
+                [key: string]: number;
+            } | null;
             adapter_source?: ("hub" | "pbase" | "local" | "s3") | null;
             api_token?: string | null;
             merged_adapters?: components["schemas"]["MergedAdapters"] | null;

@@ -1,5 +1,5 @@
 // Speculative decoding: greedy output is token for token the same with Medusa trees and prompt lookup as
-// without, alone, batched and with LoRA adapters; the KV cache after rejected drafts matches a fresh run;
+// without, alone, batched, with LoRA adapters and with a logit bias; the KV cache after rejected drafts matches a fresh run;
 // sampling keeps its distribution (chi-square test); broken Medusa adapters are refused clearly.
 import path from "node:path";
 
@@ -74,6 +74,19 @@ describe("Medusa", () => {
       ae.engine.submit({ input: { tokens: p }, adapter: { id: path.join(ae.root, "medusa-zero"), source: "local" }, params: greedy(24) }).then((s) => collect(s.events)),
     );
     expect((await Promise.all(runs)).map((x) => x.ids[0])).toEqual(expected);
+    expect(ae.engine.specProposed).toBeGreaterThan(before);
+  });
+
+  it("a logit bias applies in verification: greedy with a bias is identical with and without Medusa", async () => {
+    // Ban each prompt's third greedy token and favour a fixed one a little: outputs change from there on.
+    const biased = (i: number) => greedy(24, { logitBias: { ids: Int32Array.from([expected[i][2], 777]), values: Float32Array.from([-100, 2.5]) } });
+    const before = ae.engine.specProposed;
+    for (const [i, p] of PROMPTS.entries()) {
+      const want = (await collect(plain.generate({ prompt: p, params: biased(i) }))).ids[0];
+      expect(want.slice(0, 2), `prompt ${i}`).toEqual(expected[i].slice(0, 2));
+      expect(want[2]).not.toBe(expected[i][2]);
+      expect((await collect(ae.engine.generate({ prompt: p, params: biased(i) }))).ids[0], `prompt ${i}`).toEqual(want);
+    }
     expect(ae.engine.specProposed).toBeGreaterThan(before);
   });
 

@@ -160,6 +160,7 @@ describe.skipIf(!cuda.usable)("CUDA sampling matches the CPU sampler", () => {
     ["greedy with alternatives and a target", { nTop: 5, target: 123 }],
     ["greedy with penalties and a mask", { repetitionPenalty: 1.3, presencePenalty: 0.5, frequencyPenalty: 0.2, penIds: Int32Array.from([5, 77, 901]), penCounts: Int32Array.from([0, 2, 1]), mask: Uint32Array.from({ length: V / 32 }, (_, i) => (i * 2654435761) >>> 0) }],
     ["logprobs only", { sample: false, nTop: 20 }],
+    ["greedy with a logit bias (host path)", { nTop: 3, biasIds: Int32Array.from([9, 31999]), bias: Float32Array.from([4, 100]) }],
     ["a temperature draw (host path)", { doSample: true, temperature: 0.7, topK: 50, topP: 0.9, seed: 42, step: 3 }],
   ] as [string, Record<string, unknown>][])("%s", (_name, opts) => {
     for (let i = 0; i < 10; i++) {

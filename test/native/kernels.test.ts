@@ -238,5 +238,44 @@ describe("fast kernels match the reference", () => {
         }
       }
     });
+    it("a logit bias acts as if added to the logits after the penalties; logprobs stay the model's", () => {
+      const ids = Int32Array.from([7, 300, 4999]), bias = Float32Array.from([3.5, -2, 1.25]);
+      const pen = { repetitionPenalty: 1.3, presencePenalty: 0.4, frequencyPenalty: 0.2, penIds: Int32Array.from([7, 300, 12]), penCounts: Int32Array.from([2, 0, 1]) };
+      for (const reference of [true, false]) {
+        for (let i = 0; i < 40; i++) {
+          const logits = randn(V, 2);
+          const settings = { doSample: i % 4 !== 0, temperature: 0.8, topP: i % 3 ? 1 : 0.9, seed: 77 + i, step: i, nTop: 3, ...pen };
+          // The penalised logits with the bias added by hand, penalties off: the same processed distribution.
+          const penalised = Float32Array.from(logits);
+          for (const [j, id] of pen.penIds.entries()) {
+            let x = penalised[id];
+            x = x > 0 ? x / pen.repetitionPenalty : x * pen.repetitionPenalty;
+            if (pen.penCounts[j] > 0) x -= pen.presencePenalty + pen.frequencyPenalty * pen.penCounts[j];
+            penalised[id] = x;
+          }
+          const biased = Float32Array.from(penalised);
+          ids.forEach((id, j) => (biased[id] += bias[j]));
+          const a = k.kernel("sample", reference, { ...settings, logits, biasIds: ids, bias });
+          const b = k.kernel("sample", reference, { ...settings, repetitionPenalty: 1, presencePenalty: 0, frequencyPenalty: 0, penIds: undefined, penCounts: undefined, logits: biased });
+          expect(a.token, `case ${i}`).toBe(b.token);
+          // Reported logprobs are the raw model's: the chosen token's under the unbiased logits.
+          const raw = k.kernel("sample", reference, { logits, sample: false, target: a.token });
+          expect(Math.abs(a.logprob - raw.targetLogprob)).toBeLessThan(1e-5);
+        }
+      }
+    });
+    it("a bias of +100 forces a token, -100 bans the greedy one, a mask still wins", () => {
+      const logits = randn(V, 3);
+      let best = 0;
+      for (let j = 1; j < V; j++) if (logits[j] > logits[best]) best = j;
+      for (const reference of [true, false]) {
+        expect(k.kernel("sample", reference, { logits, biasIds: Int32Array.from([1234]), bias: Float32Array.from([100]) }).token).toBe(1234);
+        expect(k.kernel("sample", reference, { logits, biasIds: Int32Array.from([best]), bias: Float32Array.from([-100]) }).token).not.toBe(best);
+        const mask = new Uint32Array(Math.ceil(V / 32));
+        mask[best >> 5] |= 1 << (best & 31);
+        expect(k.kernel("sample", reference, { logits, mask, biasIds: Int32Array.from([1234]), bias: Float32Array.from([100]) }).token).toBe(best);
+      }
+      expect(() => k.kernel("sample", false, { logits, biasIds: Int32Array.from([1, 2]), bias: Float32Array.from([1]) })).toThrow(/'bias' has 1 entries, expected 2/);
+    });
   });
 });

@@ -85,6 +85,30 @@ describe("openai client", () => {
     }
   });
 
+  it("logit_bias: +100 forces a token, -100 bans the greedy one, logprobs stay the model's; bad entries → 400 naming them", async () => {
+    const body = { model: "", prompt: "The weather today is", max_tokens: 3, temperature: 0, logprobs: 2 };
+    const plain = await client.completions.create(body);
+    const greedy = plain.choices[0].logprobs!;
+    const forced = 1000;
+    const f = await client.completions.create({ ...body, logit_bias: { [forced]: 100 } });
+    expect(f.choices[0].text).toBe(srv.ctx.engine.tokenizer.decode([forced, forced, forced]));
+    // The logprob reported for the forced token is its raw one, below the greedy token's; the alternatives are the model's.
+    expect(f.choices[0].logprobs!.token_logprobs![0]).toBeLessThan(greedy.token_logprobs![0]!);
+    expect(f.choices[0].logprobs!.top_logprobs![0]).toEqual(greedy.top_logprobs![0]);
+    // The greedy first token's id, from the native API's details; banned, the runner-up takes its place.
+    const details = (await (await fetch(`${srv.url}/generate`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ inputs: body.prompt, parameters: { max_new_tokens: 1, details: true } }) })).json()) as any;
+    expect(details.details.tokens[0].text).toBe(greedy.tokens![0]);
+    const banned = await client.completions.create({ ...body, max_tokens: 1, logit_bias: { [details.details.tokens[0].id]: -100 } });
+    const [, runnerUp] = Object.entries(greedy.top_logprobs![0]).sort((x, y) => y[1] - x[1]);
+    expect(banned.choices[0].logprobs!.tokens![0]).toBe(runnerUp[0]);
+    for (const [bias, named] of [[{ "99999999": 1 }, /token 99999999, outside/], [{ abc: 1 }, /key "abc"/], [{ "5": 101 }, /logit_bias\[5\] must be <= 100, got 101/]] as const) {
+      const err = await client.completions.create({ ...body, logit_bias: bias as Record<string, number> }).catch((e) => e);
+      expect(err).toBeInstanceOf(OpenAI.BadRequestError);
+      expect(err.param).toMatch(/^logit_bias/);
+      expect(err.message).toMatch(named);
+    }
+  });
+
   it("invalid requests raise the SDK's error classes", async () => {
     await expect(client.chat.completions.create({ model: "", messages: [], max_tokens: 4 })).rejects.toBeInstanceOf(OpenAI.BadRequestError);
     await expect(client.completions.create({ model: "", prompt: "x", max_tokens: 10 ** 9 })).rejects.toBeInstanceOf(OpenAI.BadRequestError);

@@ -189,6 +189,7 @@ class CudaBackend final : public Backend {
         std::sort(sorted.begin(), sorted.end());
         ok = std::adjacent_find(sorted.begin(), sorted.end()) == sorted.end();
       }
+      if (r.sample && r.n_bias > 0) ok = false;  // logit bias (rare): the host applies it
       (ok ? dev : host).push_back(i);
     }
     const int words = (V + 31) / 32;
