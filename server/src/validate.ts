@@ -57,6 +57,8 @@ export function validateBody<T>(name: string, body: unknown): T {
   let msg: string;
   if (e.keyword === "additionalProperties") msg = `unknown field "${field}": remove it (see /openapi.json for the fields this route takes)`;
   else if (e.keyword === "required") msg = `missing required field "${field}"`;
+  else if ((e.keyword === "maxItems" || e.keyword === "maxProperties") && (e.params as { limit: number }).limit === 0)
+    msg = `${field} is not supported by this server: leave it out or send it empty`;
   else if (e.propertyName !== undefined) msg = `${field} has the key ${describe(e.propertyName)}, which ${e.message ?? "is invalid"}`;
   else msg = `${field} ${e.message ?? "is invalid"}, got ${describe(valueAt(body, e.instancePath))}`;
   throw new ValidationError(msg, field);

@@ -135,6 +135,11 @@ describe("errors", () => {
     const e = await request(srv.url).post("/generate").send({ inputs: "x".repeat(50), parameters: { max_new_tokens: 10 ** 7 } });
     expect(e.status).toBe(400);
     expect(e.body.error).toMatch(/exceeds max_total_tokens/);
+    // Fields of the OpenAI format this server does not do (tool calls) say so, and accept empty.
+    const t = await request(srv.url).post("/v1/chat/completions").send({ model: "", messages: [{ role: "user", content: "x" }], max_tokens: 2, tools: [{ type: "function", function: { name: "f" } }] });
+    expect(t.status).toBe(400);
+    expect(t.body.error).toMatchObject({ param: "tools", message: "tools is not supported by this server: leave it out or send it empty" });
+    expect((await request(srv.url).post("/v1/chat/completions").send({ model: "", messages: [{ role: "user", content: "x" }], max_tokens: 2, tools: [] })).status).toBe(200);
   });
 
   it("404 for an unknown route", async () => {
