@@ -27,6 +27,8 @@ export interface ServerConfig {
   modelId: string;
   source: "hub" | "s3" | "local" | undefined;
   revision?: string;
+  /** Names `model` may use for the base model besides "" and --model-id; the first is its id in /v1/models. */
+  servedModelNames: string[];
   adapterId?: string;
   adapterSource: AdapterSourceName;
   preloadedAdapterIds: string[];
@@ -96,6 +98,7 @@ export function buildCommand(): Command {
     .addOption(opt("--model-id <id>", "base model: a local directory, a Hugging Face Hub id or s3://bucket/prefix (default: the demo model in models/demo)"))
     .addOption(opt("--source <source>", "where --model-id comes from (default: a path → local, s3:// → s3, else hub)").argParser(choice("--source", ["hub", "s3", "local"] as const)))
     .addOption(opt("--revision <rev>", "Hub revision of the base model"))
+    .addOption(opt("--served-model-name <names>", "comma-separated names clients may give as `model` for the base model; the first is its id in /v1/models (default: --model-id)").argParser(list))
     .addOption(opt("--adapter-id <id>", "default adapter for requests that name none (a Medusa adapter turns on speculative decoding)"))
     .addOption(opt("--adapter-source <source>", "default source of request adapters").argParser(choice("--adapter-source", ["hub", "pbase", "local", "s3"] as const)).default("hub"))
     .addOption(opt("--preloaded-adapter-ids <ids>", "comma-separated adapters loaded at start and never evicted").argParser(list).default([]))
@@ -147,6 +150,7 @@ export function parseConfig(argv: string[]): ServerConfig {
     modelId: o.modelId ?? DEMO_MODEL_DIR,
     source: o.source,
     revision: o.revision,
+    servedModelNames: o.servedModelName ?? [],
     adapterId: o.adapterId,
     adapterSource: o.adapterSource,
     preloadedAdapterIds: o.preloadedAdapterIds,

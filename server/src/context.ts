@@ -45,8 +45,18 @@ export function tokenFor(ctx: ServerContext, req: Request, bodyToken: string | n
 
 /** SPEC §5: `model` selects the adapter; "" or the base model's id is the base model (or --adapter-id). */
 export function adapterFromModel(ctx: ServerContext, req: Request, model: string, sourceField: string | null | undefined, bodyToken: string | null | undefined): AdapterRequest | undefined {
-  if (model === "" || model === ctx.modelId) return defaultAdapter(ctx, req, bodyToken);
+  if (isBaseName(ctx, model)) return defaultAdapter(ctx, req, bodyToken);
   return adapterById(ctx, req, model, sourceField, bodyToken);
+}
+
+/** Whether `model` names the base model: "", --model-id or one of --served-model-name. */
+export function isBaseName(ctx: ServerContext, model: string): boolean {
+  return model === "" || model === ctx.modelId || ctx.config.servedModelNames.includes(model);
+}
+
+/** The base model's id in /v1/models and as adapters' parent: the first --served-model-name, else --model-id. */
+export function baseModelName(ctx: ServerContext): string {
+  return ctx.config.servedModelNames[0] ?? ctx.modelId;
 }
 
 /** The server's --adapter-id, for requests that name no adapter. */

@@ -11,7 +11,7 @@ let srv: TestServer;
 let client: OpenAI;
 
 beforeAll(async () => {
-  srv = await startTestServer(["--max-concurrent-requests", "8"]);
+  srv = await startTestServer(["--max-concurrent-requests", "8", "--served-model-name", "tiny-llama,tiny"]);
   client = new OpenAI({ baseURL: `${srv.url}/v1`, apiKey: "unused", maxRetries: 0 });
 });
 afterAll(() => srv.close());
@@ -107,6 +107,17 @@ describe("openai client", () => {
       expect(err.param).toMatch(/^logit_bias/);
       expect(err.message).toMatch(named);
     }
+  });
+
+  it("--served-model-name: the base model's id in models.list, and every name (or \"\") selects it", async () => {
+    const models = await client.models.list();
+    expect(models.data[0]).toMatchObject({ id: "tiny-llama", object: "model" });
+    const body = { prompt: "The weather today is", max_tokens: 5, temperature: 0 };
+    const want = (await client.completions.create({ ...body, model: "" })).choices[0].text;
+    for (const model of ["tiny-llama", "tiny", srv.ctx.modelId]) expect((await client.completions.create({ ...body, model })).choices[0].text, model).toBe(want);
+    const taken = await fetch(`${srv.url}/v1/load_lora_adapter`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ lora_name: "tiny", lora_path: "/nowhere" }) });
+    expect(taken.status).toBe(400);
+    expect(((await taken.json()) as any).error.message).toBe('lora_name "tiny" names the base model: choose another name');
   });
 
   it("invalid requests raise the SDK's error classes", async () => {

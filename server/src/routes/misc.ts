@@ -2,7 +2,7 @@
 import { Router } from "express";
 
 import { IncrementalDecoder } from "../../../engine/src/tokenizer.js";
-import type { ServerContext } from "../context.js";
+import { baseModelName, type ServerContext } from "../context.js";
 import { VERSION } from "../config.js";
 import { openapiDoc, validateBody } from "../validate.js";
 import type { components } from "../wire-types.js";
@@ -65,9 +65,10 @@ export function miscRoutes(ctx: ServerContext): Router {
 
   r.get("/v1/models", (_req, res) => {
     const created = Math.floor(Date.now() / 1000);
-    const data: S["Model"][] = [{ id: ctx.modelId, object: "model", created, owned_by: "loraserve", root: ctx.modelId, parent: null, status: "base" }];
+    const base = baseModelName(ctx);
+    const data: S["Model"][] = [{ id: base, object: "model", created, owned_by: "loraserve", root: ctx.modelId, parent: null, status: "base" }];
     for (const a of ctx.registry.list())
-      data.push({ id: a.name, object: "model", created, owned_by: "loraserve", root: a.id, parent: ctx.modelId, status: a.state, pinned: a.pinned, source: a.source });
+      data.push({ id: a.name, object: "model", created, owned_by: "loraserve", root: a.id, parent: base, status: a.state, pinned: a.pinned, source: a.source });
     res.json({ object: "list", data } satisfies S["ModelList"]);
   });
 
