@@ -48,7 +48,10 @@ function valueAt(body: unknown, pointer: string): unknown {
   return v;
 }
 
-/** Validates `body` against a named schema; throws ValidationError naming the first problem. */
+/**
+ * Validates `body` against a named schema; throws ValidationError naming the first problem. A field whose
+ * schema takes only nothing (null, [], {}) is an OpenAI feature this server does not do, and is named as such.
+ */
 export function validateBody<T>(name: string, body: unknown): T {
   const v = schemaValidator(name);
   if (v(body)) return body as T;
@@ -57,7 +60,7 @@ export function validateBody<T>(name: string, body: unknown): T {
   let msg: string;
   if (e.keyword === "additionalProperties") msg = `unknown field "${field}": remove it (see /openapi.json for the fields this route takes)`;
   else if (e.keyword === "required") msg = `missing required field "${field}"`;
-  else if ((e.keyword === "maxItems" || e.keyword === "maxProperties") && (e.params as { limit: number }).limit === 0)
+  else if (((e.keyword === "maxItems" || e.keyword === "maxProperties") && (e.params as { limit: number }).limit === 0) || (e.keyword === "type" && (e.params as { type: string }).type === "null" && !/anyOf|oneOf/.test(e.schemaPath)))
     msg = `${field} is not supported by this server: leave it out or send it empty`;
   else if (e.propertyName !== undefined) msg = `${field} has the key ${describe(e.propertyName)}, which ${e.message ?? "is invalid"}`;
   else msg = `${field} ${e.message ?? "is invalid"}, got ${describe(valueAt(body, e.instancePath))}`;

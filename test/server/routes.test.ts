@@ -140,6 +140,8 @@ describe("errors", () => {
     expect(t.status).toBe(400);
     expect(t.body.error).toMatchObject({ param: "tools", message: "tools is not supported by this server: leave it out or send it empty" });
     expect((await request(srv.url).post("/v1/chat/completions").send({ model: "", messages: [{ role: "user", content: "x" }], max_tokens: 2, tools: [] })).status).toBe(200);
+    const suffix = await request(srv.url).post("/v1/completions").send({ model: "", prompt: "x", max_tokens: 2, suffix: "y" });
+    expect(suffix.body.error.message).toBe("suffix is not supported by this server: leave it out or send it empty");
   });
 
   it("404 for an unknown route", async () => {
