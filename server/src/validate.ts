@@ -55,7 +55,9 @@ function valueAt(body: unknown, pointer: string): unknown {
 export function validateBody<T>(name: string, body: unknown): T {
   const v = schemaValidator(name);
   if (v(body)) return body as T;
-  const e = v.errors![0];
+  // Of the alternatives a value failed, the one that got deepest into it says most ("content[0].type must be
+  // one of ..." rather than "content must be string").
+  const e = v.errors!.reduce((best, x) => (x.instancePath.length > best.instancePath.length ? x : best));
   const field = fieldPath(e);
   let msg: string;
   if (e.keyword === "additionalProperties") msg = `unknown field "${field}": remove it (see /openapi.json for the fields this route takes)`;

@@ -140,6 +140,9 @@ describe("errors", () => {
     expect(t.status).toBe(400);
     expect(t.body.error).toMatchObject({ param: "tools", message: "tools is not supported by this server: leave it out or send it empty" });
     expect((await request(srv.url).post("/v1/chat/completions").send({ model: "", messages: [{ role: "user", content: "x" }], max_tokens: 2, tools: [] })).status).toBe(200);
+    // Of the forms a value may take, the message follows the one it got furthest into.
+    const mixed = await request(srv.url).post("/v1/completions").send({ model: "", prompt: ["a", 3], max_tokens: 2 });
+    expect(mixed.body.error).toMatchObject({ param: "prompt[1]", message: "prompt[1] must be string, got 3" });
     const suffix = await request(srv.url).post("/v1/completions").send({ model: "", prompt: "x", max_tokens: 2, suffix: "y" });
     expect(suffix.body.error.message).toBe("suffix is not supported by this server: leave it out or send it empty");
   });
