@@ -59,7 +59,7 @@ const section: BenchSection = {
         adaptive.treeSizes.clear();
         // Batch 1: every prompt alone, one after the other; batch 8: eight at once.
         const batches = batch === 1 ? PROMPTS.map((t) => [t]) : [PROMPTS.slice(0, 8)];
-        for (let rep = 0; rep < (ctx.quick ? 2 : 3); rep++) {
+        for (let rep = 0; rep < (ctx.quick ? 2 : 12); rep++) {
           for (const texts of batches) {
             const x = await run(plain, texts, newTokens);
             const y = await run(medusa, texts, newTokens);

@@ -175,12 +175,14 @@ export class TreeSizer {
    * how many nodes to propose (0 when this step computed no candidates), and whether that step should run
    * the heads at all. While no tree pays (size 0) the heads are skipped too, but every `explore` steps they
    * run once so that the step after can try a tree; while one pays, every `explore`-th step proposes two
-   * nodes more than the best so that their rates stay measured.
+   * nodes more than the best, one fewer, or none, in turn, so that their costs stay measured. None matters
+   * most: a first measurement of plain steps may be a cold one (caches, sleeping threads right after the
+   * model loaded), and a stale high cost there would keep a losing tree chosen for good.
    */
   plan(spec: number, other: number, haveCandidates: boolean): { size: number; heads: boolean } {
     const phase = this.steps % this.explore, round = Math.floor(this.steps++ / this.explore);
     const best = spec > 0 ? this.best(spec, other) : 0;
-    const near = round % 2 === 0 || best === 0 ? Math.min(this.maxSize, best + 2) : best - 1;
+    const near = best === 0 || round % 3 === 0 ? Math.min(this.maxSize, best + 2) : round % 3 === 1 ? best - 1 : 0;
     const size = !haveCandidates ? 0 : phase === this.explore - 1 ? near : best;
     return { size, heads: best > 0 || phase === this.explore - 2 };
   }

@@ -77,6 +77,19 @@ describe("TreeSizer", () => {
     expect(z.best(1, 0)).toBe(0);
   });
 
+  it("a cold first measurement of plain steps does not keep a losing tree chosen: plain steps are measured again", () => {
+    const z = new TreeSizer(8, 16);
+    // The first plain steps after loading ran cold, at 20× their cost. From then on one token costs 1 ms and
+    // two or more cost ~1.9 ms (a small model, where a GEMV and a GEMM differ), and the heads are too poor for
+    // a tree to pay. Against the cold cost a three-node tree looks best, and two more or one fewer (the sizes
+    // explored around it) never measure plain steps again.
+    for (let i = 0; i < 3; i++) z.observeStep(1, 20, 0, 20.1);
+    const sizes = drive(z, 1200, (T) => (T === 1 ? 1 : 1.8 + 0.05 * T), 0.3, (j) => j < 3 && r(1) < 0.5);
+    const tail = sizes.slice(800);
+    expect(tail.filter((s) => s === 0).length).toBeGreaterThan(tail.length * 0.85);
+    expect(z.best(1, 0)).toBe(0);
+  });
+
   it("memory bound (a step costs nearly the same for a few more tokens) with good heads: proposes a larger tree", () => {
     const z = new TreeSizer(8, 16);
     drive(z, 400, (T) => 20 + 0.5 * T, 0.2, (j) => j < 4 && r(1) < 0.8);
