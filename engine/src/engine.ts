@@ -55,6 +55,8 @@ export interface EngineOptions extends Omit<BackendOptions, "loraSlots" | "loraM
   medusaTreeSize?: number;
   /** Propose every draft token each step (whole Medusa tree, whole lookup chain), rather than as many as pay off. */
   fixedSpeculation?: boolean;
+  /** Keep the KV of full blocks by prefix and start new requests past the longest one held (default on). */
+  prefixCaching?: boolean;
 }
 
 export interface TopToken {
@@ -110,6 +112,8 @@ export interface GenerateRequest {
   signal?: AbortSignal;
   /** Adapter identity for the gate (null = base model). */
   adapterKey?: string | null;
+  /** The adapter's KV identity for the prefix cache (AdapterLease.kvKey; absent: adapterKey, else the base model). */
+  kvKey?: string;
   /** Optional per-sequence token mask provider (structured output). */
   constraint?: () => TokenConstraint;
   /** Called once when the request's sequences all left the engine (release adapter refs etc.). */
@@ -142,6 +146,8 @@ export type AdapterRequest =
  * it drafts with; released when the request ends. */
 export interface AdapterLease {
   key: string | null;
+  /** What a sequence's KV depends on besides its tokens: these loaded weights (absent: the base model's KV). */
+  kvKey?: string;
   chatTemplate?: string;
   medusa?: number;
   release(): void;
@@ -243,6 +249,7 @@ export class Engine extends EventEmitter {
       maxOutRows: info.maxOutRows,
       maxWaitingTokens: opts.maxWaitingTokens,
       waitingServedRatio: opts.waitingServedRatio,
+      prefixCaching: opts.prefixCaching ?? true,
     });
     this.vocabWords = (backend.spec.vocabSize + 31) >>> 5;
     if (opts.speculativeTokens && !opts.fixedSpeculation) this.lookupSizer = new TreeSizer(opts.speculativeTokens);
@@ -311,7 +318,7 @@ export class Engine extends EventEmitter {
       const prompt = this.validatePrompt(ids, params.maxNewTokens, req.truncate);
       const grammar = await grammarP;
       const events = this.generate({
-        prompt, params, n: req.n, signal: req.signal, adapterKey: lease?.key ?? null, medusa: lease?.medusa,
+        prompt, params, n: req.n, signal: req.signal, adapterKey: lease?.key ?? null, kvKey: lease?.kvKey, medusa: lease?.medusa,
         constraint: grammar ? () => matcherConstraint(grammar.matcher()) : undefined, onSettled: () => lease?.release(),
       });
       return { promptIds: prompt, promptText: text, adapterKey: lease?.key ?? null, events };
@@ -360,6 +367,7 @@ export class Engine extends EventEmitter {
     const baseSeed = req.params.seed ?? crypto.randomBytes(8).readBigUInt64LE() % (1n << 53n);
     for (let i = 0; i < n; i++) {
       const seq = new Sequence(prompt, prompt.length, i === 0 && req.params.promptLogprobs, req.adapterKey ?? null, Date.now());
+      seq.kvSalt = req.kvKey ?? req.adapterKey ?? "";
       state.seqs.push(seq);
       this.outs.set(seq, {
         request: state,

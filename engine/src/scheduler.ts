@@ -1,8 +1,10 @@
 // The continuous-batching scheduler: pure logic, no I/O. Each step it takes one decode token from every running
 // sequence plus prefill chunks of others within the token, row and KV budgets; admits waiting sequences by free
-// KV blocks; preempts the newest running sequence (recompute later) when blocks run out; forks the n sequences
-// of one prompt onto shared prompt blocks, copying a shared block before any of them writes it. Tokens, text
-// and sampling belong to the engine.
+// KV blocks, starting each past the longest prefix whose KV the prefix cache holds; preempts the newest running
+// sequence (recompute later) when blocks run out; forks the n sequences of one prompt onto shared prompt blocks,
+// copying a shared block before any of them writes it. Tokens, text and sampling belong to the engine.
+import { createHash } from "node:crypto";
+
 import { BlockAllocator } from "./kv-blocks.js";
 import type { Draft } from "./speculation.js";
 
@@ -21,6 +23,8 @@ export interface SchedulerConfig {
   maxWaitingTokens: number;
   /** LoRAX: new requests join a running batch only if at least running × ratio of them are ready. */
   waitingServedRatio: number;
+  /** Keep full blocks of committed KV by prefix, and start new sequences past the longest one found. */
+  prefixCaching?: boolean;
 }
 
 /** Decides whether a sequence's adapter is ready (and pins it while the sequence runs). */
@@ -53,6 +57,12 @@ export class Sequence {
   draft?: Draft;
   /** KV entries to move before the next step: accepted speculative tokens compacted to their positions. */
   kvMoves: [from: number, to: number][] = [];
+  /** What besides the tokens its KV depends on (the adapter's loaded weights; "" = the base model). */
+  kvSalt = "";
+  /** Prefix keys of the full blocks of its tokens so far (a memo: tokens only grow). */
+  tokenKeys: string[] = [];
+  /** Leading blocks already offered to the prefix cache. */
+  registered = 0;
 
   constructor(
     prompt: readonly number[],
@@ -89,6 +99,9 @@ export interface StepStats {
   kvUsedBlocks: number;
   kvTotalBlocks: number;
   preemptions: number; // during this schedule
+  /** Prompt tokens of the sequences admitted this step, and how many of them the prefix cache held. */
+  prefixQueried: number;
+  prefixHit: number;
 }
 
 export class Scheduler {
@@ -174,6 +187,7 @@ export class Scheduler {
     this.blocks.release(seq.blocks);
     seq.blocks = [];
     seq.computed = 0;
+    seq.registered = 0;
     seq.draft = undefined;
     seq.kvMoves = [];
     seq.state = "waiting";
@@ -192,26 +206,70 @@ export class Scheduler {
 
   /**
    * Copy-on-write: `seq` gets its own copy of each shared block that positions [from, to) write (the copies run
-   * natively before the step). False, changing nothing, when the free pool cannot hold the copies.
+   * natively before the step), and a block of its own that is in the prefix cache leaves it (a cached block's
+   * KV never changes). False, changing nothing, when the free pool cannot hold the copies.
    */
   private unshare(seq: Sequence, from: number, to: number, copies: [number, number][]): boolean {
     const shared = this.sharedIn(seq, from, to);
-    if (shared.length === 0) return true;
-    const fresh = this.blocks.alloc(shared.length);
-    if (!fresh) return false;
-    shared.forEach((b, i) => {
-      copies.push([seq.blocks[b], fresh[i]]);
-      this.blocks.release([seq.blocks[b]]);
-      seq.blocks[b] = fresh[i];
-    });
+    if (shared.length > 0) {
+      const fresh = this.blocks.alloc(shared.length);
+      if (!fresh) return false;
+      shared.forEach((b, i) => {
+        copies.push([seq.blocks[b], fresh[i]]);
+        this.blocks.release([seq.blocks[b]]);
+        seq.blocks[b] = fresh[i];
+      });
+    }
+    const bs = this.cfg.blockSize;
+    for (let b = Math.floor(from / bs); b <= Math.floor((to - 1) / bs) && b < seq.blocks.length; b++) {
+      if (this.blocks.isRegistered(seq.blocks[b])) this.blocks.unregister(seq.blocks[b]);
+      seq.registered = Math.min(seq.registered, b);
+    }
     return true;
+  }
+
+  /** The prefix key of full block i of `seq`'s tokens: the adapter identity and every token up to its end. */
+  private tokenKey(seq: Sequence, i: number): string {
+    const bs = this.cfg.blockSize;
+    while (seq.tokenKeys.length <= i) {
+      const j = seq.tokenKeys.length;
+      const h = createHash("sha256").update(j === 0 ? `salt:${seq.kvSalt}` : seq.tokenKeys[j - 1]);
+      h.update(new Uint8Array(Int32Array.from(seq.tokens.slice(j * bs, (j + 1) * bs)).buffer));
+      seq.tokenKeys.push(h.digest("base64"));
+    }
+    return seq.tokenKeys[i];
+  }
+
+  /**
+   * The cached blocks holding the longest prefix of a new sequence's KV, in order (not yet taken). At least
+   * its last token is left to compute, for the logits that sample the next one; a request for prompt
+   * log-probabilities computes its whole prompt.
+   */
+  private cachedPrefix(seq: Sequence): number[] {
+    if (!this.cfg.prefixCaching || seq.promptLogprobs || seq.blocks.length > 0 || seq.computed > 0) return [];
+    const out: number[] = [];
+    for (let i = 0; i < Math.floor((seq.tokens.length - 1) / this.cfg.blockSize); i++) {
+      const b = this.blocks.lookup(this.tokenKey(seq, i));
+      if (b === undefined) break;
+      out.push(b);
+    }
+    return out;
+  }
+
+  /** Offers `seq`'s newly full blocks of committed KV (none a pending KV move will still write) to the prefix cache. */
+  private register(seq: Sequence): void {
+    let limit = seq.computed;
+    for (const [, to] of seq.kvMoves) limit = Math.min(limit, to);
+    const full = Math.min(Math.floor(limit / this.cfg.blockSize), seq.blocks.length);
+    for (let i = seq.registered; i < full; i++) this.blocks.register(seq.blocks[i], this.tokenKey(seq, i));
+    seq.registered = Math.max(seq.registered, full);
   }
 
   /** Builds the next step, or returns undefined when there is nothing to run. */
   schedule(): { entries: BatchEntry[]; stats: StepStats; blockCopies: [number, number][] } | undefined {
     const { blockSize: bs } = this.cfg;
     for (const s of [...this.waiting, ...this.running]) if (s.cancelled) this.finish(s);
-    let preempted = 0;
+    let preempted = 0, prefixQueried = 0, prefixHit = 0;
     const entries: BatchEntry[] = [];
     const blockCopies: [number, number][] = [];
     const inStep = new Set<Sequence>();
@@ -285,7 +343,10 @@ export class Scheduler {
       const skipped: Sequence[] = [];
       while (this.waiting.length > 0 && prefill < this.cfg.maxBatchPrefillTokens && tokens < this.cfg.maxStepTokens) {
         const seq = this.waiting[0];
-        const need = this.blocksFor(seq.tokens.length) - seq.blocks.length + this.sharedIn(seq, seq.computed, seq.tokens.length).length;
+        const hit = this.cachedPrefix(seq);
+        // Taking an idle cached block uses up a free one, as a fresh block would.
+        const need = this.blocksFor(seq.tokens.length) - seq.blocks.length - hit.length + hit.filter((b) => this.blocks.isIdle(b)).length +
+          this.sharedIn(seq, seq.computed, seq.tokens.length).length;
         if (need > this.blocks.freeCount || kvHeld + seq.tokens.length > this.cfg.maxBatchTotalTokens) break;
         if (!this.gate.acquire(seq)) {
           // Its adapter is not ready: let the next request go first, keep this one's place.
@@ -293,6 +354,12 @@ export class Scheduler {
           continue;
         }
         this.waiting.shift();
+        for (const b of hit) this.blocks.take(b);
+        seq.blocks.push(...hit);
+        seq.computed = hit.length * bs;
+        seq.registered = hit.length;
+        if (this.cfg.prefixCaching && !seq.promptLogprobs) prefixQueried += seq.tokens.length;
+        prefixHit += seq.computed;
         seq.blocks.push(...this.blocks.alloc(this.blocksFor(seq.tokens.length) - seq.blocks.length)!);
         seq.state = "running";
         seq.admitOrder = ++this.admitCounter;
@@ -321,6 +388,8 @@ export class Scheduler {
         kvUsedBlocks: this.blocks.usedCount,
         kvTotalBlocks: this.cfg.numBlocks,
         preemptions: preempted,
+        prefixQueried,
+        prefixHit,
       },
     };
   }
@@ -342,6 +411,7 @@ export class Scheduler {
       // sources of pending KV moves; blocks past them held rejected speculative tokens.
       const keep = this.blocksFor(Math.max(seq.tokens.length, moveEnd));
       if (seq.blocks.length > keep) this.blocks.release(seq.blocks.splice(keep));
+      if (this.cfg.prefixCaching) this.register(seq);
       if (seq.computed >= seq.promptLen && seq.children.length > 0) this.fork(seq);
     }
   }
@@ -368,6 +438,7 @@ export class Scheduler {
       this.blocks.share(share);
       c.blocks = share.slice();
       c.computed = parent.promptLen - 1;
+      c.tokenKeys = parent.tokenKeys.slice(0, Math.floor(parent.promptLen / this.cfg.blockSize));
       c.state = "running";
       c.admitOrder = ++this.admitCounter;
       c.firstScheduledAt ??= Date.now();

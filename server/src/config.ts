@@ -49,6 +49,7 @@ export interface ServerConfig {
   speculativeTokens: number;
   medusaTreeSize: number;
   fixedSpeculation: boolean;
+  prefixCaching: boolean;
   mmapWeights: boolean;
   dtype?: "float32" | "bfloat16" | "float16";
   device: "cpu" | "cuda" | undefined;
@@ -77,6 +78,11 @@ const num = (name: string, min: number, max = Infinity) => (v: string) => {
   const n = Number(v);
   if (!Number.isFinite(n) || n < min || n > max) throw new InvalidArgumentError(`${name} must be a number in [${min}, ${max}], got "${v}"`);
   return n;
+};
+const onOff = (name: string) => (v: string) => {
+  if (["on", "true", "1"].includes(v)) return true;
+  if (["off", "false", "0"].includes(v)) return false;
+  throw new InvalidArgumentError(`${name} must be on or off, got "${v}"`);
 };
 const list = (v: string) => v.split(",").map((s) => s.trim()).filter(Boolean);
 const choice = <T extends string>(name: string, options: readonly T[]) => (v: string) => {
@@ -119,6 +125,7 @@ export function buildCommand(): Command {
     .addOption(opt("--speculative-tokens <n>", "prompt-lookup speculation depth when no Medusa adapter is set (0 = off)").argParser(int("--speculative-tokens", 0)).default(0))
     .addOption(opt("--medusa-tree-size <n>", "most nodes of a Medusa candidate tree; each step proposes as many as measured step cost and acceptance say pay off").argParser(int("--medusa-tree-size", 1)).default(8))
     .addOption(opt("--fixed-speculation", "propose every draft token each step (all --medusa-tree-size nodes, or --speculative-tokens) instead of as many as pay off").default(false))
+    .addOption(opt("--prefix-caching <on|off>", "keep the KV of full 16-token blocks by prefix (and adapter), and start a request past the longest prefix held: a shared system prompt or few-shot examples are computed once").argParser(onOff("--prefix-caching")).default(true, "on"))
     .addOption(opt("--mmap-weights", "leave the weights in read-only mappings of their files (page cache shared between processes, faster start) instead of reading them into huge-page memory, ~10% faster decode on the CPU").default(false))
     .addOption(opt("--dtype <dtype>", "weights in memory (default: as stored)").argParser(choice("--dtype", ["float32", "bfloat16", "float16"] as const)))
     .addOption(opt("--device <device>", "compute device (default: cuda when a GPU is usable, else cpu)").argParser(choice("--device", ["cpu", "cuda"] as const)))
@@ -171,6 +178,7 @@ export function parseConfig(argv: string[]): ServerConfig {
     speculativeTokens: o.speculativeTokens,
     medusaTreeSize: o.medusaTreeSize,
     fixedSpeculation: o.fixedSpeculation,
+    prefixCaching: o.prefixCaching,
     mmapWeights: o.mmapWeights,
     dtype: o.dtype,
     device: o.device,

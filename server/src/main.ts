@@ -51,6 +51,7 @@ export async function startServer(config: ServerConfig, logger = makeLogger(conf
     speculativeTokens: config.speculativeTokens,
     medusaTreeSize: config.medusaTreeSize,
     fixedSpeculation: config.fixedSpeculation,
+    prefixCaching: config.prefixCaching,
     mapWeights: config.mmapWeights,
     device: config.device ?? "auto",
   });

@@ -42,6 +42,10 @@ export class Metrics {
   /** vLLM's KV cache info metric (value 1): the endpoint picker's prefix-cache scorer reads block_size and num_gpu_blocks. */
   readonly cacheInfo = new client.Gauge({ name: "vllm:cache_config_info", help: "KV cache configuration", labelNames: ["block_size", "num_gpu_blocks"], registers: [this.registry] });
 
+  /** vLLM's prefix cache counters, in tokens: prompt tokens of admitted sequences, and those whose KV was found cached. */
+  readonly prefixQueries = new client.Counter({ name: "vllm:prefix_cache_queries", help: "Prompt tokens looked up in the prefix cache", labelNames: ["model_name"], registers: [this.registry] });
+  readonly prefixHits = new client.Counter({ name: "vllm:prefix_cache_hits", help: "Prompt tokens whose KV the prefix cache held", labelNames: ["model_name"], registers: [this.registry] });
+
   readonly specProposed = new client.Gauge({ name: "loraserve_speculative_tokens_proposed", help: "Draft tokens proposed since start (Medusa or prompt lookup)", registers: [this.registry] });
   readonly specAccepted = new client.Gauge({ name: "loraserve_speculative_tokens_accepted", help: "Draft tokens accepted since start", registers: [this.registry] });
   readonly specMeanAccepted = new client.Gauge({ name: "loraserve_speculative_mean_accepted_length", help: "Mean tokens emitted per verification step (accepted drafts + 1)", registers: [this.registry] });
@@ -98,6 +102,8 @@ export class Metrics {
       this.batchTokens.observe(e.tokens);
       this.stepDuration.observe({ method: s.prefillTokens > 0 ? "prefill" : "decode" }, e.micros / 1e6);
       if (s.preemptions) this.preemptions.inc(s.preemptions);
+      if (s.prefixQueried) this.prefixQueries.inc({ model_name: this.modelName }, s.prefixQueried);
+      if (s.prefixHit) this.prefixHits.inc({ model_name: this.modelName }, s.prefixHit);
     });
   }
 }

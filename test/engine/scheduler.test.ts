@@ -1,5 +1,6 @@
 // The scheduler alone (pure logic, no model): the n sequences of one prompt share its KV blocks, the last
-// partial one included, and each write into a block still shared first copies it (copy-on-write).
+// partial one included, and each write into a block still shared first copies it (copy-on-write); the prefix
+// cache starts a new sequence past the full blocks of its prefix computed before, under the same adapter.
 import { describe, expect, it } from "vitest";
 
 import { Scheduler, Sequence, type SchedulerConfig } from "../../engine/src/scheduler.js";
@@ -94,5 +95,107 @@ describe("copy-on-write of shared prompt blocks", () => {
     s.finish(p);
     // Once the parent is done the child runs alone from the start of the prompt.
     expect(step(s).entries.map((e) => [e.seq, e.start, e.count])).toEqual([[c1, 0, 10]]);
+  });
+});
+
+describe("prefix cache", () => {
+  const PC: SchedulerConfig = { ...CFG, prefixCaching: true };
+  const seqOf = (tokens: number[], salt = "", promptLogprobs = false) => {
+    const q = new Sequence(tokens, tokens.length, promptLogprobs, salt || null, 0);
+    q.kvSalt = salt;
+    return q;
+  };
+  const run = (s: Scheduler, q: Sequence) => {
+    s.add(q);
+    const plan = step(s);
+    return plan.entries.find((e) => e.seq === q)!;
+  };
+  const A = Array.from({ length: 10 }, (_, i) => 100 + i); // blocks of 4: [100-103] [104-107] [108 109]
+
+  it("a prompt whose full blocks were computed before starts past them, on the same blocks; its last token is always computed", () => {
+    const s = new Scheduler(PC);
+    const a = seqOf(A);
+    expect(run(s, a)).toMatchObject({ start: 0, count: 10 });
+    const [b0, b1] = a.blocks;
+    s.finish(a);
+    // Both full blocks stay cached though no sequence holds them; the partial one went back to the pool.
+    expect(s.blocks.usedCount).toBe(0);
+    expect(s.blocks.cachedCount).toBe(2);
+
+    const b = seqOf([...A.slice(0, 9), 999]);
+    s.add(b);
+    const plan = step(s);
+    expect(plan.entries[0]).toMatchObject({ seq: b, start: 8, count: 2 });
+    expect(plan.stats).toMatchObject({ prefixQueried: 10, prefixHit: 8 });
+    expect(b.blocks.slice(0, 2)).toEqual([b0, b1]);
+    // A prompt of exactly two blocks reuses only the first: its last token must run for its logits.
+    expect(run(s, seqOf(A.slice(0, 8)))).toMatchObject({ start: 4, count: 4 });
+    // A different first block matches nothing, though the second block's tokens are the same.
+    expect(run(s, seqOf([1, ...A.slice(1)]))).toMatchObject({ start: 0, count: 10 });
+  });
+
+  it("another adapter's KV, or a request for prompt log-probabilities, finds nothing", () => {
+    const s = new Scheduler(PC);
+    const a = seqOf(A, "hub:org/x#1");
+    run(s, a);
+    s.finish(a);
+    expect(s.blocks.cachedCount).toBe(2);
+    expect(run(s, seqOf(A))).toMatchObject({ start: 0 });
+    expect(run(s, seqOf(A, "hub:org/x#2"))).toMatchObject({ start: 0 });
+    expect(run(s, seqOf(A, "hub:org/x#1", true))).toMatchObject({ start: 0 });
+    expect(run(s, seqOf(A, "hub:org/x#1"))).toMatchObject({ start: 8 });
+  });
+
+  it("idle cached blocks count as free and are reused least recently released first", () => {
+    const s = new Scheduler({ ...PC, numBlocks: 6 });
+    const a = seqOf(A), b = seqOf(A.map((t) => t + 50));
+    run(s, a);
+    s.finish(a);
+    run(s, b);
+    s.finish(b);
+    expect(s.blocks.cachedCount).toBe(4);
+    expect(s.blocks.freeCount).toBe(6);
+    // 16 tokens need 4 blocks: the 2 free ones, then a's two idle ones (released first).
+    const c = seqOf(Array.from({ length: 16 }, (_, i) => 500 + i));
+    expect(run(s, c)).toMatchObject({ start: 0, count: 16 });
+    expect(s.blocks.freeCount).toBe(2);
+    s.finish(c);
+    expect(run(s, seqOf(A.map((t) => t + 50)))).toMatchObject({ start: 8 }); // b's blocks survived
+    expect(run(s, seqOf(A))).toMatchObject({ start: 0 }); // a's were taken
+  });
+
+  it("a cached block is not written while cached: the sequence that writes into one it alone holds takes it out first", () => {
+    const s = new Scheduler(PC);
+    const [p, c] = request(s, 8, 2); // two full blocks, both registered when the prompt is in
+    step(s);
+    expect(s.blocks.cachedCount).toBe(2);
+    s.finish(p);
+    // The child recomputes position 7 in block 1, which only it holds now: written in place, so out of the
+    // cache for that step; its KV is whole again afterwards, and offered again.
+    const plan = s.schedule()!;
+    expect(plan.entries.find((e) => e.seq === c)).toMatchObject({ start: 7, count: 1 });
+    expect(plan.blockCopies).toEqual([]);
+    expect(s.blocks.isRegistered(c.blocks[0])).toBe(true);
+    expect(s.blocks.isRegistered(c.blocks[1])).toBe(false);
+    s.commit(plan.entries, new Map([[c, { tokens: [7] }]]));
+    expect(s.blocks.isRegistered(c.blocks[1])).toBe(true);
+  });
+
+  it("a block that a pending KV move (accepted speculative tokens) still writes is offered only once the move is done", () => {
+    const s = new Scheduler(PC);
+    const q = seqOf(A.slice(0, 6));
+    s.add(q);
+    let plan = s.schedule()!;
+    s.commit(plan.entries, new Map([[q, { tokens: [7] }]])); // computed 6, tokens 7
+    expect(s.blocks.cachedCount).toBe(1);
+    // A decode step at slot 6 verified a draft: its first accepted token was node 2, to move from slot 8 to 7.
+    plan = s.schedule()!;
+    q.kvMoves.push([8, 7]);
+    s.commit(plan.entries, new Map([[q, { tokens: [1, 2, 3], computed: 9 }]]));
+    expect(s.blocks.cachedCount).toBe(1);
+    q.kvMoves = []; // the next step applies the move
+    plan = s.schedule()!;
+    s.commit(plan.entries, new Map([[q, { tokens: [4] }]]));
+    expect(s.blocks.cachedCount).toBe(2);
   });
 });

@@ -18,7 +18,7 @@ const SPEC_FLAGS = [
   "max-total-tokens", "max-batch-prefill-tokens", "max-batch-total-tokens", "max-waiting-tokens", "waiting-served-ratio",
   "max-best-of", "max-stop-sequences", "speculative-tokens", "dtype", "device", "hostname", "port", "json-output",
   "cors-allow-origin", "api-keys", "data-dir", "adapter-local-roots", "medusa-tree-size", "fixed-speculation",
-  "mmap-weights", "served-model-name",
+  "mmap-weights", "served-model-name", "prefix-caching",
 ];
 
 const children: ChildProcess[] = [];

@@ -46,6 +46,8 @@ export interface RegistryOptions {
 
 interface Entry {
   key: string;
+  /** This load of the adapter (a new entry for the same key may hold other weights): names its KV in the prefix cache. */
+  load: number;
   /** What users call it (the id as requested, or a registered name). */
   name: string;
   source: SourceName | "merge";
@@ -166,7 +168,7 @@ export class AdapterRegistry implements AdapterProvider {
 
   private newEntry(key: string, name: string, source: Entry["source"], id: string): Entry {
     const e: Entry = {
-      key, name, source, id, state: "downloading", slot: -1, inUse: 0, leases: 0, pinned: false,
+      key, load: ++loads, name, source, id, state: "downloading", slot: -1, inUse: 0, leases: 0, pinned: false,
       lastUsed: Date.now(), activatedAt: 0, draining: false, wantedSince: 0, served: false,
       timings: { fetchMs: 0, parseMs: 0, activateMs: 0 },
     };
@@ -181,6 +183,7 @@ export class AdapterRegistry implements AdapterProvider {
     let released = false;
     return {
       key: e.medusa ? null : e.key,
+      kvKey: e.medusa ? undefined : `${e.key}#${e.load}`,
       medusa: e.medusa?.slot,
       chatTemplate: e.chatTemplate,
       release: () => {
@@ -461,6 +464,9 @@ export class AdapterRegistry implements AdapterProvider {
     return this.slots.filter(Boolean).length;
   }
 }
+
+/** Adapter loads so far: each entry's `load`. */
+let loads = 0;
 
 export function keyOf(source: string, id: string): string {
   return source === "local" ? `local:${path.resolve(id)}` : `${source}:${id}`;
