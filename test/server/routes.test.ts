@@ -89,6 +89,26 @@ describe("native routes", () => {
     }
   });
 
+  it("/metrics counts prefix-cache queries and hits in prompt tokens; --prefix-caching off turns the cache off", async () => {
+    const inputs = "The same long system prompt, word for word, before every question we ask the model. ".repeat(3);
+    const count = (met: string, name: string) => Number(new RegExp(`^vllm:${name}\\{[^}]*\\} (\\d+)`, "m").exec(met)?.[1] ?? 0);
+    for (const [args, hits] of [[[], true], [["--prefix-caching", "off"], false]] as const) {
+      const one = await startTestServer([...args]);
+      try {
+        for (const q of ["What?", "Why?"]) expect((await request(one.url).post("/generate").send({ inputs: inputs + q, parameters: { max_new_tokens: 2 } })).status).toBe(200);
+        const met = (await request(one.url).get("/metrics")).text;
+        if (hits) {
+          expect(count(met, "prefix_cache_queries")).toBeGreaterThan(2 * 40);
+          expect(count(met, "prefix_cache_hits")).toBeGreaterThanOrEqual(32); // the second prompt's shared full blocks
+        } else {
+          expect(count(met, "prefix_cache_hits")).toBe(0);
+        }
+      } finally {
+        await one.close();
+      }
+    }
+  });
+
   it("x-request-id is echoed, or made up", async () => {
     const a = await request(srv.url).get("/health").set("x-request-id", "abc-123");
     expect(a.headers["x-request-id"]).toBe("abc-123");
