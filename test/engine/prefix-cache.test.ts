@@ -58,6 +58,16 @@ describe.each(["llama-f32", "llama-bf16-tied-linear", "mistral-f32-sharded-windo
     expect(cached.scheduler.blocks.usedCount).toBe(0);
   });
 
+  it("a follow-up turn (the prompt, the answer generated to it, and more) finds the answer's KV too", async () => {
+    const answer = await one(cached, PROMPTS[1], 40);
+    const next = [...PROMPTS[1], ...answer, 301, 302, 303];
+    const c = await counting(cached, () => one(cached, next));
+    expect(c.value).toEqual(await one(plain, next));
+    // Every full block but the last: the answer's blocks were registered as its decode filled them (the last
+    // answer token was never computed, so the block holding it is recomputed).
+    expect(c.hit).toBe(Math.floor((PROMPTS[1].length + answer.length - 1) / 16) * 16);
+  });
+
   it("batched with others and with n = 3: outputs unchanged", async () => {
     const want = await Promise.all(PROMPTS.map((p) => one(plain, p, 20)));
     expect(await Promise.all(PROMPTS.map((p) => one(cached, p, 20)))).toEqual(want);
