@@ -1,7 +1,8 @@
 // The prefix cache through the engine and the native model: prompts that share a prefix reuse its KV and
 // compute only the rest, and greedy output is token for token what an engine without the cache gives, on
 // every tiny architecture (sliding window and tied embeddings included), alone and batched, under LoRA
-// adapters (whose KV differs from the base model's and from each other's), and with n > 1.
+// adapters (whose KV differs from the base model's and from each other's), with n > 1, and in a KV pool so
+// small that sequences are preempted and cached blocks taken back while prompt-lookup drafts move KV.
 import path from "node:path";
 
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -112,5 +113,31 @@ describe("under LoRA adapters", () => {
     // The repeats (a, base, b) found their own KV, every full block but the one with the last token; nothing else did.
     const full = Math.floor((PROMPTS[3].length - 1) / 16) * 16;
     expect(per).toEqual([0, 0, 0, full, full, full]);
+  });
+});
+
+describe("under pressure", () => {
+  it("a KV pool too small for the load (preemption, cached blocks taken back), n = 2 and prompt-lookup drafts: outputs unchanged", async () => {
+    const rr = rng(9);
+    const shared = Array.from({ length: 40 }, () => 200 + Math.floor(rr(20000)));
+    const prompts = Array.from({ length: 30 }, (_, i) => [...(i % 3 === 0 ? [] : shared.slice(0, 16 + (i % 4) * 8)), ...Array.from({ length: 3 + (i % 9) * 5 }, () => 200 + Math.floor(rr(20000)))]);
+    const all = (e: Engine) => Promise.all(prompts.map(async (p, i) => (await collect(e.generate({ prompt: p, params: greedy(20 + (i % 5) * 10), n: i % 7 === 0 ? 2 : 1 }))).ids));
+    // 25 blocks of 16 tokens: a tenth of what the 30 requests would hold at once.
+    const model = "llama-bf16-tied-linear", kvBytes = 400 << 10;
+    const plain = await tinyEngine(model, { kvBytes, prefixCaching: false });
+    const cached = await tinyEngine(model, { kvBytes, speculativeTokens: 4, fixedSpeculation: true });
+    try {
+      const want = await all(plain);
+      let hits = 0;
+      cached.on("step", (s: StepEvent) => (hits += s.stats.prefixHit));
+      for (let round = 0; round < 2; round++) expect(await all(cached), `round ${round}`).toEqual(want);
+      expect(cached.scheduler.totalPreemptions).toBeGreaterThan(0);
+      expect(hits).toBeGreaterThan(0);
+      expect(cached.specAccepted).toBeGreaterThan(0);
+      expect(cached.scheduler.blocks.usedCount).toBe(0);
+    } finally {
+      plain.backend.close();
+      cached.backend.close();
+    }
   });
 });
