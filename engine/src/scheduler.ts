@@ -15,7 +15,7 @@ export interface SchedulerConfig {
   maxBatchPrefillTokens: number;
   /** Tokens per step in all (decode + prefill): the native activation buffers. */
   maxStepTokens: number;
-  /** KV tokens running sequences may hold together. */
+  /** KV tokens running sequences may hold together, counted by blocks (a block they share counts once). */
   maxBatchTotalTokens: number;
   /** Logit rows per step. */
   maxOutRows: number;
@@ -339,7 +339,8 @@ export class Scheduler {
         ? 0
         : Math.floor(this.running.length * this.cfg.waitingServedRatio);
     if (this.waiting.length > 0 && this.waiting.length >= minJoin) {
-      let kvHeld = this.running.reduce((a, s) => a + s.tokens.length, 0);
+      // KV held in tokens, counted by blocks: a prefix that sequences share (cached, or the n of one prompt) once.
+      let kvHeld = this.blocks.usedCount * bs;
       const skipped: Sequence[] = [];
       while (this.waiting.length > 0 && prefill < this.cfg.maxBatchPrefillTokens && tokens < this.cfg.maxStepTokens) {
         const seq = this.waiting[0];
@@ -347,7 +348,7 @@ export class Scheduler {
         // Taking an idle cached block uses up a free one, as a fresh block would.
         const need = this.blocksFor(seq.tokens.length) - seq.blocks.length - hit.length + hit.filter((b) => this.blocks.isIdle(b)).length +
           this.sharedIn(seq, seq.computed, seq.tokens.length).length;
-        if (need > this.blocks.freeCount || kvHeld + seq.tokens.length > this.cfg.maxBatchTotalTokens) break;
+        if (need > this.blocks.freeCount || kvHeld + need * bs > this.cfg.maxBatchTotalTokens) break;
         if (!this.gate.acquire(seq)) {
           // Its adapter is not ready: let the next request go first, keep this one's place.
           skipped.push(this.waiting.shift()!);
@@ -365,7 +366,7 @@ export class Scheduler {
         seq.admitOrder = ++this.admitCounter;
         seq.firstScheduledAt ??= Date.now();
         this.running.push(seq);
-        kvHeld += seq.tokens.length;
+        kvHeld += need * bs;
         const e = chunkOf(seq);
         if (!e || !take(e)) break;
       }

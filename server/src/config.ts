@@ -116,7 +116,7 @@ export function buildCommand(): Command {
     .addOption(opt("--max-input-length <n>", "longest prompt in tokens (default: max-total-tokens - 1)").argParser(int("--max-input-length", 1)))
     .addOption(opt("--max-total-tokens <n>", "prompt + max_new_tokens limit (default: the model's context, capped by the KV pool)").argParser(int("--max-total-tokens", 2)))
     .addOption(opt("--max-batch-prefill-tokens <n>", "prefill tokens per step (the prefill chunk size)").argParser(int("--max-batch-prefill-tokens", 1)).default(2048))
-    .addOption(opt("--max-batch-total-tokens <n>", "KV tokens all running requests may hold (default: the KV pool)").argParser(int("--max-batch-total-tokens", 1)))
+    .addOption(opt("--max-batch-total-tokens <n>", "KV tokens all running requests may hold, a shared prefix counted once (default: the KV pool)").argParser(int("--max-batch-total-tokens", 1)))
     .addOption(opt("--max-waiting-tokens <n>", "decode steps a waiting request may be held back before it joins the batch").argParser(int("--max-waiting-tokens", 0)).default(20))
     .addOption(opt("--waiting-served-ratio <r>", "new requests join a running batch once waiting ≥ running × ratio (0: join at the next step; chunked prefill keeps that cheap)").argParser(num("--waiting-served-ratio", 0)).default(0))
     .addOption(opt("--max-best-of <n>", "largest best_of / n").argParser(int("--max-best-of", 1)).default(4))

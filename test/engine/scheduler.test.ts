@@ -164,6 +164,22 @@ describe("prefix cache", () => {
     expect(run(s, seqOf(A))).toMatchObject({ start: 0 }); // a's were taken
   });
 
+  it("the KV budget (max-batch-total-tokens) counts a shared prefix once", () => {
+    const s = new Scheduler({ ...PC, maxBatchTotalTokens: 16 }); // four blocks of 4
+    const a = seqOf(A);
+    run(s, a);
+    s.finish(a);
+    // Each holds 10 tokens, 20 together, but in four blocks: two shared from the cache and one of its own each.
+    const b = seqOf([...A.slice(0, 8), 1, 2]), c = seqOf([...A.slice(0, 8), 3, 4]);
+    s.add(b);
+    s.add(c);
+    const plan = step(s);
+    expect(plan.entries.map((e) => [e.seq, e.start])).toEqual([[b, 8], [c, 8]]);
+    expect(s.blocks.usedCount).toBe(4);
+    // A third would need a fifth block.
+    expect(run(s, seqOf([...A.slice(0, 8), 5, 6]))).toBeUndefined();
+  });
+
   it("a cached block is not written while cached: the sequence that writes into one it alone holds takes it out first", () => {
     const s = new Scheduler(PC);
     const [p, c] = request(s, 8, 2); // two full blocks, both registered when the prompt is in
