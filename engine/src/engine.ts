@@ -79,6 +79,8 @@ export interface FinishInfo {
   text: string;
   generatedTokens: number;
   promptTokens: number;
+  /** Prompt tokens whose KV the prefix cache held (0 for the n - 1 sequences that share the first one's). */
+  cachedTokens: number;
   seed: bigint;
   cumulativeLogprob: number;
   /** Milliseconds from arrival to first scheduling, and from first scheduling to the end. */
@@ -740,6 +742,7 @@ export class Engine extends EventEmitter {
         text: out.stop.fullText,
         generatedTokens: generated,
         promptTokens: out.request.promptTokens,
+        cachedTokens: seq.cachedTokens,
         seed: out.seed,
         cumulativeLogprob: out.cumLogprob,
         queueMs: started - seq.arrival,

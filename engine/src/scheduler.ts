@@ -63,6 +63,8 @@ export class Sequence {
   tokenKeys: string[] = [];
   /** Leading blocks already offered to the prefix cache. */
   registered = 0;
+  /** Tokens whose KV the prefix cache held when it was first admitted. */
+  cachedTokens = 0;
 
   constructor(
     prompt: readonly number[],
@@ -359,6 +361,7 @@ export class Scheduler {
         seq.blocks.push(...hit);
         seq.computed = hit.length * bs;
         seq.registered = hit.length;
+        if (seq.firstScheduledAt === undefined) seq.cachedTokens = seq.computed;
         if (this.cfg.prefixCaching && !seq.promptLogprobs) prefixQueried += seq.tokens.length;
         prefixHit += seq.computed;
         seq.blocks.push(...this.blocks.alloc(this.blocksFor(seq.tokens.length) - seq.blocks.length)!);

@@ -397,6 +397,10 @@ export interface components {
             prompt_tokens: number;
             completion_tokens: number;
             total_tokens: number;
+            /** @description Of the prompt tokens, those whose KV the prefix cache held (OpenAI's cached_tokens). */
+            prompt_tokens_details?: {
+                cached_tokens: number;
+            };
         };
         StreamOptions: {
             include_usage?: boolean;

@@ -120,6 +120,25 @@ describe("openai client", () => {
     expect(((await taken.json()) as any).error.message).toBe('lora_name "tiny" names the base model: choose another name');
   });
 
+  it("usage.prompt_tokens_details.cached_tokens: the prompt tokens the prefix cache held, streamed or not", async () => {
+    const system = "You answer in one word. The rules: be brief, be kind, never repeat a question back. ".repeat(4);
+    const ask = (q: string, stream: boolean) =>
+      client.chat.completions.create({ model: "", messages: [{ role: "system", content: system }, { role: "user", content: q }], max_tokens: 2, temperature: 0, ...(stream ? { stream: true as const, stream_options: { include_usage: true } } : {}) } as any);
+    const first = (await ask("What is the sea?", false)) as OpenAI.ChatCompletion;
+    expect(first.usage!.prompt_tokens_details!.cached_tokens).toBe(0);
+    const second = (await ask("What is the sky?", false)) as OpenAI.ChatCompletion;
+    const cached = second.usage!.prompt_tokens_details!.cached_tokens!;
+    expect(cached).toBeGreaterThanOrEqual(64);
+    expect(cached % 16).toBe(0);
+    expect(cached).toBeLessThan(second.usage!.prompt_tokens);
+    let usage: OpenAI.CompletionUsage | undefined;
+    for await (const chunk of (await ask("What is the sun?", true)) as any) if (chunk.usage) usage = chunk.usage;
+    expect(usage!.prompt_tokens_details!.cached_tokens).toBe(cached);
+    const completion = await client.completions.create({ model: "", prompt: system + "Why?", max_tokens: 2, temperature: 0 });
+    expectSchema("CompletionResponse", completion);
+    expect(completion.usage!.prompt_tokens_details!.cached_tokens).toBe(0); // no chat template around it: another prefix
+  });
+
   it("invalid requests raise the SDK's error classes", async () => {
     await expect(client.chat.completions.create({ model: "", messages: [], max_tokens: 4 })).rejects.toBeInstanceOf(OpenAI.BadRequestError);
     await expect(client.completions.create({ model: "", prompt: "x", max_tokens: 10 ** 9 })).rejects.toBeInstanceOf(OpenAI.BadRequestError);

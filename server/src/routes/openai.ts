@@ -44,8 +44,9 @@ function completionLogprobs(tokens: { text: string; logprob: number | null; top?
   };
 }
 
-function usageOf(prompt: number, completion: number): S["Usage"] {
-  return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion };
+/** Token counts; `cached`: prompt tokens the prefix cache held (each prompt's first sequence). */
+function usageOf(prompt: number, completion: number, cached: number): S["Usage"] {
+  return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion, prompt_tokens_details: { cached_tokens: cached } };
 }
 
 /** Submits every prompt of a request (OpenAI allows a batch of prompts), n sequences each. */
@@ -113,10 +114,11 @@ export function openaiRoutes(ctx: ServerContext): Router {
 
     if (!body.stream) {
       const choices: S["CompletionChoice"][] = [];
-      let promptTokens = 0, completionTokens = 0;
+      let promptTokens = 0, completionTokens = 0, cachedTokens = 0;
       for (const [si, s] of subs.entries()) {
         const { prompt, seqs } = await collectAll(s, c.finished);
         promptTokens += s.promptIds.length;
+        cachedTokens += seqs[0].finish.cachedTokens;
         const ranked = seqs.map((q, i) => ({ q, i })).sort((a, b) => (bestOf > n ? b.q.finish.cumulativeLogprob - a.q.finish.cumulativeLogprob : a.i - b.i));
         for (const [j, { q }] of ranked.slice(0, n).entries()) {
           completionTokens += q.finish.generatedTokens;
@@ -132,7 +134,7 @@ export function openaiRoutes(ctx: ServerContext): Router {
         }
         for (const q of ranked.slice(n)) completionTokens += q.q.finish.generatedTokens;
       }
-      const out: S["CompletionResponse"] = { id, object: "text_completion", created, model, choices, usage: usageOf(promptTokens, completionTokens) };
+      const out: S["CompletionResponse"] = { id, object: "text_completion", created, model, choices, usage: usageOf(promptTokens, completionTokens, cachedTokens) };
       c.res.json(out);
       return;
     }
@@ -140,7 +142,7 @@ export function openaiRoutes(ctx: ServerContext): Router {
     const sse = new SseWriter(c.res);
     const chunk = (choices: S["CompletionChoice"][], usage: S["Usage"] | null = null): S["CompletionResponse"] => ({ id, object: "text_completion", created, model, choices, usage });
     const offsets = new Map<number, number>();
-    let completionTokens = 0;
+    let completionTokens = 0, cachedTokens = 0;
     try {
       if (echo) subs.forEach((s, si) => {
         for (let j = 0; j < n; j++) {
@@ -156,11 +158,12 @@ export function openaiRoutes(ctx: ServerContext): Router {
         if (e.finish) {
           c.finished(e.finish);
           completionTokens += e.finish.generatedTokens;
+          if (e.index === 0) cachedTokens += e.finish.cachedTokens;
         }
         if (!e.delta && !e.finish && !wantLogprobs) continue;
         sse.send(chunk([{ index, text: e.delta, logprobs: wantLogprobs ? completionLogprobs([{ text: e.text, logprob: e.logprob, top: e.top }], off) : null, finish_reason: e.finish ? finishReason(e.finish) : null }]));
       }
-      if (body.stream_options?.include_usage) sse.send(chunk([], usageOf(subs.reduce((a, s) => a + s.promptIds.length, 0), completionTokens)));
+      if (body.stream_options?.include_usage) sse.send(chunk([], usageOf(subs.reduce((a, s) => a + s.promptIds.length, 0), completionTokens, cachedTokens)));
       sse.end("[DONE]");
     } catch (err) {
       if (c.signal.aborted) return;
@@ -194,7 +197,7 @@ export function openaiRoutes(ctx: ServerContext): Router {
       }));
       const out: S["ChatCompletionResponse"] = {
         id, object: "chat.completion", created, model, choices,
-        usage: usageOf(sub.promptIds.length, seqs.reduce((a, q) => a + q.finish.generatedTokens, 0)),
+        usage: usageOf(sub.promptIds.length, seqs.reduce((a, q) => a + q.finish.generatedTokens, 0), seqs[0].finish.cachedTokens),
       };
       c.res.json(out);
       return;
@@ -205,7 +208,7 @@ export function openaiRoutes(ctx: ServerContext): Router {
     const chunk = (choices: S["ChatChunkChoice"][], usage?: S["Usage"]): S["ChatCompletionChunk"] => ({
       id, object: "chat.completion.chunk", created, model, choices, ...(includeUsage ? { usage: usage ?? null } : {}),
     });
-    let completionTokens = 0;
+    let completionTokens = 0, cachedTokens = 0;
     try {
       for (let i = 0; i < n; i++) sse.send(chunk([{ index: i, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }]));
       for await (const e of sub.events) {
@@ -213,6 +216,7 @@ export function openaiRoutes(ctx: ServerContext): Router {
         if (e.finish) {
           c.finished(e.finish);
           completionTokens += e.finish.generatedTokens;
+          if (e.index === 0) cachedTokens += e.finish.cachedTokens;
         }
         const isEos = e.finish?.reason === "eos";
         if (!e.delta && !e.finish && !wantLogprobs) continue;
@@ -223,7 +227,7 @@ export function openaiRoutes(ctx: ServerContext): Router {
           finish_reason: e.finish ? finishReason(e.finish) : null,
         }]));
       }
-      if (includeUsage) sse.send(chunk([], usageOf(sub.promptIds.length, completionTokens)));
+      if (includeUsage) sse.send(chunk([], usageOf(sub.promptIds.length, completionTokens, cachedTokens)));
       sse.end("[DONE]");
     } catch (err) {
       if (c.signal.aborted) return;
