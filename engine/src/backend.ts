@@ -192,7 +192,6 @@ export class Backend {
     const masks = nMask ? new Uint32Array(nMask * words) : undefined;
     let po = 0, bo = 0, mi = 0;
     b.rows.forEach((r, i) => {
-      const o = i * 8;
       const nb = r.logitBias?.ids.length ?? 0;
       if (nb) {
         biasIds!.set(r.logitBias!.ids, bo);
@@ -209,7 +208,7 @@ export class Backend {
         maskIndex = mi++;
       }
       rowI.set([r.topK, r.nTop, r.target, (r.sample ? 1 : 0) | (r.doSample ? 2 : 0), po, np, maskIndex, r.step, bo, nb], i * 10);
-      rowF.set([r.temperature, r.topP, r.typicalP, r.minP, r.repetitionPenalty, r.presencePenalty, r.frequencyPenalty, 0], o);
+      rowF.set([r.temperature, r.topP, r.typicalP, r.minP, r.repetitionPenalty, r.presencePenalty, r.frequencyPenalty, 0], i * 8);
       rowSeed[i] = r.seed;
       po += np;
       bo += nb;

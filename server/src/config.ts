@@ -125,7 +125,11 @@ export function buildCommand(): Command {
     .addOption(opt("--speculative-tokens <n>", "prompt-lookup speculation depth when no Medusa adapter is set (0 = off)").argParser(int("--speculative-tokens", 0)).default(0))
     .addOption(opt("--medusa-tree-size <n>", "most nodes of a Medusa candidate tree; each step proposes as many as measured step cost and acceptance say pay off").argParser(int("--medusa-tree-size", 1)).default(8))
     .addOption(opt("--fixed-speculation", "propose every draft token each step (all --medusa-tree-size nodes, or --speculative-tokens) instead of as many as pay off").default(false))
-    .addOption(opt("--prefix-caching <on|off>", "keep the KV of full 16-token blocks by prefix (and adapter), and start a request past the longest prefix held: a shared system prompt or few-shot examples are computed once").argParser(onOff("--prefix-caching")).default(true, "on"))
+    .addOption(
+      opt("--prefix-caching <on|off>", "keep the KV of full 16-token blocks by prefix (and adapter), and start a request past the longest prefix held: a shared system prompt or few-shot examples are computed once")
+        .argParser(onOff("--prefix-caching"))
+        .default(true, "on"),
+    )
     .addOption(opt("--mmap-weights", "leave the weights in read-only mappings of their files (page cache shared between processes, faster start) instead of reading them into huge-page memory, ~10% faster decode on the CPU").default(false))
     .addOption(opt("--dtype <dtype>", "weights in memory (default: as stored)").argParser(choice("--dtype", ["float32", "bfloat16", "float16"] as const)))
     .addOption(opt("--device <device>", "compute device (default: cuda when a GPU is usable, else cpu)").argParser(choice("--device", ["cpu", "cuda"] as const)))

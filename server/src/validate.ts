@@ -48,6 +48,12 @@ function valueAt(body: unknown, pointer: string): unknown {
   return v;
 }
 
+/** Whether the failed schema takes only nothing (null, [] or {}): a field of the OpenAI format not supported here. */
+function takesNothing(e: ErrorObject): boolean {
+  if (e.keyword === "maxItems" || e.keyword === "maxProperties") return (e.params as { limit: number }).limit === 0;
+  return e.keyword === "type" && (e.params as { type: string }).type === "null" && !/anyOf|oneOf/.test(e.schemaPath);
+}
+
 /**
  * Validates `body` against a named schema; throws ValidationError naming the first problem. A field whose
  * schema takes only nothing (null, [], {}) is an OpenAI feature this server does not do, and is named as such.
@@ -62,8 +68,7 @@ export function validateBody<T>(name: string, body: unknown): T {
   let msg: string;
   if (e.keyword === "additionalProperties") msg = `unknown field "${field}": remove it (see /openapi.json for the fields this route takes)`;
   else if (e.keyword === "required") msg = `missing required field "${field}"`;
-  else if (((e.keyword === "maxItems" || e.keyword === "maxProperties") && (e.params as { limit: number }).limit === 0) || (e.keyword === "type" && (e.params as { type: string }).type === "null" && !/anyOf|oneOf/.test(e.schemaPath)))
-    msg = `${field} is not supported by this server: leave it out or send it empty`;
+  else if (takesNothing(e)) msg = `${field} is not supported by this server: leave it out or send it empty`;
   else if (e.propertyName !== undefined) msg = `${field} has the key ${describe(e.propertyName)}, which ${e.message ?? "is invalid"}`;
   else msg = `${field} ${e.message ?? "is invalid"}, got ${describe(valueAt(body, e.instancePath))}`;
   throw new ValidationError(msg, field);
