@@ -163,7 +163,8 @@ export interface AdapterProvider {
   tick?(): void;
 }
 
-export type PromptInput = { text: string; addSpecialTokens?: boolean } | { tokens: number[] } | { messages: ChatMessage[] };
+/** A prompt: text, token ids, or a chat (and the tools its template is to render). */
+export type PromptInput = { text: string; addSpecialTokens?: boolean } | { tokens: number[] } | { messages: ChatMessage[]; tools?: unknown[] };
 
 export interface SubmitRequest {
   input: PromptInput;
@@ -302,7 +303,7 @@ export class Engine extends EventEmitter {
       let ids: number[], text: string | undefined;
       if ("messages" in req.input) {
         lease = await leaseP;
-        ({ ids, text } = this.tokenizer.applyChatTemplate(req.input.messages, { template: lease?.chatTemplate }));
+        ({ ids, text } = this.tokenizer.applyChatTemplate(req.input.messages, { template: lease?.chatTemplate, tools: req.input.tools }));
       } else if ("text" in req.input) {
         text = req.input.text;
         // Tokenizing runs on the event loop: refuse text that cannot fit before spending time on it.

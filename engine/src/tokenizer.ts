@@ -109,7 +109,7 @@ export class Tokenizer {
    * Renders a chat with this tokenizer's template (or `template` from an adapter) and encodes it. The rendered
    * text already carries BOS when the template writes it, so encoding adds special tokens only if it does not.
    */
-  applyChatTemplate(messages: ChatMessage[], opts: { addGenerationPrompt?: boolean; template?: string } = {}): { text: string; ids: number[] } {
+  applyChatTemplate(messages: ChatMessage[], opts: { addGenerationPrompt?: boolean; template?: string; tools?: unknown[] } = {}): { text: string; ids: number[] } {
     const src = opts.template ?? this.chatTemplate;
     if (!src) throw new ValidationError("this model has no chat template (tokenizer_config.json chat_template): use /v1/completions or /generate with a plain prompt", "messages");
     let tpl: Template;
@@ -122,6 +122,8 @@ export class Tokenizer {
     try {
       text = tpl.render({
         messages,
+        // As transformers renders it: the tools as JSON-schema function specs, or none.
+        tools: opts.tools ?? null,
         add_generation_prompt: opts.addGenerationPrompt ?? true,
         bos_token: this.bosToken ?? "",
         eos_token: this.eosToken ?? "",

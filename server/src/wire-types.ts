@@ -470,7 +470,7 @@ export interface components {
             }[];
             name?: string;
             tool_call_id?: string;
-            tool_calls?: unknown[];
+            tool_calls?: components["schemas"]["ToolCall"][];
             refusal?: string | null;
         };
         ChatCompletionRequest: {
@@ -502,8 +502,15 @@ export interface components {
             logprobs?: boolean | null;
             top_logprobs?: number | null;
             response_format?: components["schemas"]["ChatResponseFormat"] | null;
-            tools?: unknown[] | null;
-            tool_choice?: "none" | null;
+            /** @description Functions the model may call (rendered by the chat template). With tool_choice "required" or a named function the output is constrained to a call; with "auto" (the default when tools are given) calls the model writes in its family's format are returned as tool_calls. */
+            tools?: components["schemas"]["Tool"][] | null;
+            tool_choice?: ("none" | "auto" | "required") | {
+                /** @constant */
+                type: "function";
+                function: {
+                    name: string;
+                };
+            } | null;
             parallel_tool_calls?: boolean | null;
             store?: boolean | null;
             metadata?: {
@@ -535,10 +542,11 @@ export interface components {
                 role: "assistant";
                 content: string | null;
                 refusal?: string | null;
+                tool_calls?: components["schemas"]["ToolCall"][];
             };
             logprobs: components["schemas"]["ChatLogprobs"] | null;
             /** @enum {unknown} */
-            finish_reason: "stop" | "length";
+            finish_reason: "stop" | "length" | "tool_calls";
         };
         ChatCompletionResponse: {
             id: string;
@@ -556,9 +564,19 @@ export interface components {
                 /** @constant */
                 role?: "assistant";
                 content?: string | null;
+                tool_calls?: {
+                    index: number;
+                    id?: string;
+                    /** @constant */
+                    type?: "function";
+                    function?: {
+                        name?: string;
+                        arguments?: string;
+                    };
+                }[];
             };
             logprobs?: components["schemas"]["ChatLogprobs"] | null;
-            finish_reason: ("stop" | "length") | null;
+            finish_reason: ("stop" | "length" | "tool_calls") | null;
         };
         ChatCompletionChunk: {
             id: string;
@@ -590,6 +608,26 @@ export interface components {
         Health: {
             /** @enum {unknown} */
             status: "ok" | "loading";
+        };
+        /** @description A call of one of the request's tools; arguments is a JSON text. */
+        ToolCall: {
+            id: string;
+            /** @constant */
+            type: "function";
+            function: {
+                name: string;
+                arguments: string;
+            };
+        };
+        Tool: {
+            /** @constant */
+            type: "function";
+            function: {
+                name: string;
+                description?: string;
+                parameters?: Record<string, never>;
+                strict?: boolean | null;
+            };
         };
     };
     responses: never;

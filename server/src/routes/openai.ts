@@ -1,5 +1,6 @@
 // The OpenAI routes: POST /v1/completions and POST /v1/chat/completions, JSON or SSE (`data: [DONE]`), with n,
-// stop, logprobs in each route's shape, echo, stream_options.include_usage; `model` picks the adapter.
+// stop, logprobs in each route's shape, echo, stream_options.include_usage, tool calls (tools.ts); `model` picks
+// the adapter.
 import crypto from "node:crypto";
 
 import { Router } from "express";
@@ -8,6 +9,7 @@ import type { FinishInfo, GenerationEvent, Submission, SubmitRequest, TopToken }
 import { ValidationError } from "../../../engine/src/errors.js";
 import type { ServerContext } from "../context.js";
 import { SseWriter } from "../sse.js";
+import { templateToolCalls, toolPlan } from "../tools.js";
 import { openaiParams, openaiResponseFormat } from "../translate.js";
 import { validateBody } from "../validate.js";
 import type { components } from "../wire-types.js";
@@ -179,22 +181,30 @@ export function openaiRoutes(ctx: ServerContext): Router {
     if (!wantLogprobs && (body.top_logprobs ?? 0) > 0) throw new ValidationError("top_logprobs needs logprobs: true", "top_logprobs");
     const maxTokens = body.max_completion_tokens ?? body.max_tokens ?? undefined;
     const { params, adapter } = openaiParams(ctx, c.req, body, maxTokens, topLp);
+    const tools = toolPlan(body);
     const messages = body.messages.map((m) => ({
       role: m.role,
       content: typeof m.content === "string" ? m.content : Array.isArray(m.content) ? m.content.map((p) => p.text).join("") : "",
+      ...(m.tool_calls ? { tool_calls: templateToolCalls(m.tool_calls) } : {}),
+      ...(m.tool_call_id !== undefined ? { tool_call_id: m.tool_call_id } : {}),
+      ...(m.name !== undefined ? { name: m.name } : {}),
     }));
-    const responseFormat = openaiResponseFormat(body.response_format);
-    const [sub] = await submitAll(ctx, c, [{ input: { messages }, adapter, params, n, fillContext: maxTokens === undefined, responseFormat, signal: c.signal }]);
+    const responseFormat = tools.responseFormat ?? openaiResponseFormat(body.response_format);
+    const input = { messages, tools: tools.tools };
+    const [sub] = await submitAll(ctx, c, [{ input, adapter, params, n, fillContext: maxTokens === undefined, responseFormat, signal: c.signal }]);
     const id = `chatcmpl-${crypto.randomUUID()}`, created = now(), model = body.model;
 
     if (!body.stream) {
       const { seqs } = await collectAll(sub, c.finished);
-      const choices: S["ChatChoice"][] = seqs.map((q, i) => ({
-        index: i,
-        message: { role: "assistant", content: q.finish.text },
-        logprobs: wantLogprobs ? { content: q.tokens.filter((t) => !(t.special && q.finish.reason === "eos")).map(chatLogprob) } : null,
-        finish_reason: finishReason(q.finish),
-      }));
+      const choices: S["ChatChoice"][] = seqs.map((q, i) => {
+        const called = tools.parse(q.finish.text);
+        return {
+          index: i,
+          message: called ? { role: "assistant", content: called.content, tool_calls: called.calls } : { role: "assistant", content: q.finish.text },
+          logprobs: wantLogprobs ? { content: q.tokens.filter((t) => !(t.special && q.finish.reason === "eos")).map(chatLogprob) } : null,
+          finish_reason: called ? "tool_calls" : finishReason(q.finish),
+        };
+      });
       const out: S["ChatCompletionResponse"] = {
         id, object: "chat.completion", created, model, choices,
         usage: usageOf(sub.promptIds.length, seqs.reduce((a, q) => a + q.finish.generatedTokens, 0), seqs[0].finish.cachedTokens),
@@ -220,11 +230,16 @@ export function openaiRoutes(ctx: ServerContext): Router {
         }
         const isEos = e.finish?.reason === "eos";
         if (!e.delta && !e.finish && !wantLogprobs) continue;
+        // With tools offered, the text is read for calls once whole: it goes out with the last token.
+        const called = e.finish && tools.tools ? tools.parse(e.finish.text) : undefined;
+        const delta = !tools.tools ? (e.delta ? { content: e.delta } : {})
+          : called ? { ...(called.content ? { content: called.content } : {}), tool_calls: called.calls.map((t, index) => ({ index, ...t })) }
+          : e.finish ? { content: e.finish.text } : {};
         sse.send(chunk([{
           index: e.index,
-          delta: e.delta ? { content: e.delta } : {},
+          delta,
           logprobs: wantLogprobs && !isEos ? { content: [chatLogprob(e)] } : null,
-          finish_reason: e.finish ? finishReason(e.finish) : null,
+          finish_reason: e.finish ? (called ? "tool_calls" : finishReason(e.finish)) : null,
         }]));
       }
       if (includeUsage) sse.send(chunk([], usageOf(sub.promptIds.length, completionTokens, cachedTokens)));
