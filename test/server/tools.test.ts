@@ -65,14 +65,16 @@ describe("tool calls through the openai client", () => {
     const whole = await ask(body);
     const stream = await client.chat.completions.create({ model: "", messages: [{ role: "user", content: "What is the weather in Paris?" }], max_tokens: 80, temperature: 0.7, ...body, stream: true });
     const deltas: OpenAI.ChatCompletionChunk.Choice.Delta.ToolCall[] = [];
-    let finish: string | null = null;
+    let finish: string | null = null, chunks = 0;
     for await (const chunk of stream) {
+      chunks++;
       expectSchema("ChatCompletionChunk", chunk);
       deltas.push(...(chunk.choices[0]?.delta?.tool_calls ?? []));
       finish = chunk.choices[0]?.finish_reason ?? finish;
     }
     expect(finish).toBe("tool_calls");
     expect(deltas).toHaveLength(1);
+    expect(chunks).toBe(2); // the role, then the call with the finish: no empty chunk per token
     const w = whole.choices[0].message.tool_calls![0] as OpenAI.ChatCompletionMessageToolCall & { type: "function" };
     expect(deltas[0]).toMatchObject({ index: 0, type: "function", function: { name: "get_time", arguments: w.function.arguments } });
   });

@@ -229,8 +229,8 @@ export function openaiRoutes(ctx: ServerContext): Router {
           if (e.index === 0) cachedTokens += e.finish.cachedTokens;
         }
         const isEos = e.finish?.reason === "eos";
-        if (!e.delta && !e.finish && !wantLogprobs) continue;
         // With tools offered, the text is read for calls once whole: it goes out with the last token.
+        if ((!e.delta || tools.tools) && !e.finish && !wantLogprobs) continue;
         const called = e.finish && tools.tools ? tools.parse(e.finish.text) : undefined;
         const delta = !tools.tools ? (e.delta ? { content: e.delta } : {})
           : called ? { ...(called.content ? { content: called.content } : {}), tool_calls: called.calls.map((t, index) => ({ index, ...t })) }
