@@ -11,13 +11,22 @@ import type { components } from "./wire-types.js";
 type S = components["schemas"];
 type EngineResponseFormat = NonNullable<SubmitRequest["responseFormat"]>;
 
+/** Calls read out of a choice's text; `rest` is the text outside them, untrimmed, and `content` it trimmed. */
+export interface ReadCalls {
+  content: string | null;
+  calls: S["ToolCall"][];
+  rest: string;
+}
+
 export interface ToolPlan {
   /** Tools for the chat template (the request's, as given); none when tool_choice is "none". */
   tools?: S["Tool"][];
   /** A grammar that forces the call: the named function's arguments, or a list of calls for "required". */
   responseFormat?: EngineResponseFormat;
+  /** Whether text may stream before the calls ("auto"); a forced call is all call. */
+  streamsText?: boolean;
   /** Reads the calls out of a choice's text (undefined: plain text, no calls). */
-  parse(text: string): { content: string | null; calls: S["ToolCall"][] } | undefined;
+  parse(text: string): ReadCalls | undefined;
 }
 
 const NO_TOOLS: ToolPlan = { parse: () => undefined };
@@ -30,7 +39,7 @@ export function toolPlan(body: S["ChatCompletionRequest"]): ToolPlan {
   const names = new Set(tools.map((t) => t.function.name));
   if (names.size < tools.length) throw new ValidationError("tools: two functions have the same name", "tools");
   const params = (t: S["Tool"]) => t.function.parameters ?? { type: "object" };
-  if (choice === "auto") return { tools, parse: (text) => readCalls(text, names) };
+  if (choice === "auto") return { tools, streamsText: true, parse: (text) => readCalls(text, names) };
   if (body.response_format && body.response_format.type !== "text")
     throw new ValidationError("response_format cannot be combined with a forced tool call (tool_choice \"required\" or a function)", "response_format");
   if (choice === "required") {
@@ -46,7 +55,7 @@ export function toolPlan(body: S["ChatCompletionRequest"]): ToolPlan {
       parse: (text) => {
         const list = jsonOf(text);
         const calls = Array.isArray(list) ? list.filter((c) => names.has(c?.name)).map((c) => toolCall(c.name, c.arguments)) : [];
-        return calls.length > 0 ? { content: null, calls } : undefined;
+        return calls.length > 0 ? { content: null, calls, rest: "" } : undefined;
       },
     };
   }
@@ -55,12 +64,12 @@ export function toolPlan(body: S["ChatCompletionRequest"]): ToolPlan {
   return {
     tools,
     responseFormat: { format: { type: "json_schema", schema: params(tool) }, path: `tools[${tools.indexOf(tool)}].function.parameters`, param: "tools" },
-    parse: (text) => (jsonOf(text) === undefined ? undefined : { content: null, calls: [toolCall(tool.function.name, jsonOf(text))] }),
+    parse: (text) => (jsonOf(text) === undefined ? undefined : { content: null, calls: [toolCall(tool.function.name, jsonOf(text))], rest: "" }),
   };
 }
 
 /** Calls a model wrote in its own format, naming only offered tools; the text around them is the content. */
-export function readCalls(text: string, names: Set<string>): { content: string | null; calls: S["ToolCall"][] } | undefined {
+export function readCalls(text: string, names: Set<string>): ReadCalls | undefined {
   const calls: S["ToolCall"][] = [];
   const take = (o: unknown) => {
     const c = o as { name?: unknown; arguments?: unknown; parameters?: unknown } | undefined;
@@ -82,8 +91,54 @@ export function readCalls(text: string, names: Set<string>): { content: string |
     if (take(whole)) rest = "";
   }
   if (calls.length === 0) return undefined;
-  rest = rest.trim();
-  return { content: rest === "" ? null : rest, calls };
+  return { content: rest.trim() === "" ? null : rest.trim(), calls, rest };
+}
+
+/** Where a call may begin in a family's format: text from the first of these on is held back while streaming. */
+const CALL_STARTS = ["<tool_call>", "[TOOL_CALLS]"];
+
+/**
+ * One streamed choice while tools are offered. Text goes out as it comes, up to where a call may begin (a call
+ * marker, or a part of one at the end; an answer that opens with "{" or <|python_tag|> is held whole); the
+ * rest is read at the end, and goes out with the calls it holds.
+ */
+export class ToolStream {
+  private text = "";
+  private sent = 0;
+  constructor(private readonly plan: ToolPlan) {}
+
+  /** The next piece of content that is safe to send (maybe ""). */
+  push(delta: string): string {
+    this.text += delta;
+    if (!this.plan.streamsText) return "";
+    const hold = Math.max(this.sent, this.holdFrom());
+    const out = this.text.slice(this.sent, hold);
+    this.sent = hold;
+    return out;
+  }
+
+  /** At the end: what is left of the content, and the calls. */
+  finish(text: string): { content?: string; calls?: S["ToolCall"][] } {
+    const called = this.plan.parse(text);
+    const left = (called ? called.rest : text).slice(this.sent);
+    return { ...(left.trim() !== "" || (!called && left !== "") ? { content: left } : {}), ...(called ? { calls: called.calls } : {}) };
+  }
+
+  private holdFrom(): number {
+    const t = this.text, lead = t.trimStart();
+    if (lead === "" || lead.startsWith("{") || "<|python_tag|>".startsWith(lead.slice(0, 14))) return 0;
+    let hold = t.length;
+    for (const m of CALL_STARTS) {
+      const at = t.indexOf(m);
+      if (at >= 0) hold = Math.min(hold, at);
+      for (let k = Math.min(m.length - 1, t.length); k > 0; k--)
+        if (t.endsWith(m.slice(0, k))) {
+          hold = Math.min(hold, t.length - k);
+          break;
+        }
+    }
+    return hold;
+  }
 }
 
 function toolCall(name: string, args: unknown): S["ToolCall"] {

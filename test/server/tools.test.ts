@@ -8,7 +8,7 @@ import { Ajv2020 } from "ajv/dist/2020.js";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
-import { readCalls } from "../../server/src/tools.js";
+import { ToolStream, readCalls, toolPlan } from "../../server/src/tools.js";
 import { expectSchema } from "../helpers/contract.js";
 import { startTestServer, type TestServer } from "../helpers/server.js";
 
@@ -79,6 +79,20 @@ describe("tool calls through the openai client", () => {
     expect(deltas[0]).toMatchObject({ index: 0, type: "function", function: { name: "get_time", arguments: w.function.arguments } });
   });
 
+  it("\"auto\" streamed: text that holds no call streams token by token, and adds up to the non-streamed content", async () => {
+    const body = { tools: TOOLS, temperature: 1.5, seed: 1, max_tokens: 24 }; // an answer with text in it
+    const whole = await ask(body);
+    const stream = await client.chat.completions.create({ model: "", messages: [{ role: "user", content: "What is the weather in Paris?" }], ...body, stream: true });
+    let text = "", pieces = 0;
+    for await (const chunk of stream) {
+      const c = chunk.choices[0]?.delta?.content;
+      if (c) (text += c), pieces++;
+      expect(chunk.choices[0]?.delta?.tool_calls).toBeUndefined();
+    }
+    expect(text).toBe(whole.choices[0].message.content);
+    expect(pieces).toBeGreaterThan(5);
+  });
+
   it("\"auto\": the tools are rendered into the prompt; text that holds no call comes back as content", async () => {
     const plain = await ask({ temperature: 0, max_tokens: 4 });
     const r = await ask({ tools: TOOLS, temperature: 0, max_tokens: 4 });
@@ -120,6 +134,40 @@ describe("LangChain", () => {
     expect(msg.tool_calls).toHaveLength(1);
     expect(msg.tool_calls![0].name).toBe("get_weather");
     expect(ajv.validate(WEATHER, msg.tool_calls![0].args)).toBe(true);
+  });
+});
+
+describe("streaming while tools are offered", () => {
+  const plan = toolPlan({ model: "", messages: [{ role: "user", content: "x" }], tools: [{ type: "function", function: { name: "get_time" } }] } as any);
+  const feed = (pieces: string[]) => {
+    const ts = new ToolStream(plan);
+    const sent = pieces.map((p) => ts.push(p));
+    return { sent, end: ts.finish(pieces.join("")) };
+  };
+
+  it("text goes out as it comes, but not a part that may begin a call; a call goes out whole at the end", () => {
+    const { sent, end } = feed(["Let me ", "check.\n<tool", "_call>\n{\"name\": \"get_time\", ", "\"arguments\": {}}\n</tool_call>"]);
+    expect(sent).toEqual(["Let me ", "check.\n", "", ""]);
+    expect(end.content).toBeUndefined();
+    expect(end.calls!.map((c) => c.function.name)).toEqual(["get_time"]);
+  });
+
+  it("a held part that turns out not to be a call is sent on; an answer opening with { is held whole", () => {
+    expect(feed(["a <tool", "box> b"]).sent).toEqual(["a ", "<toolbox> b"]);
+    const json = feed(['{"name": "get_time", ', '"parameters": {"zone": "UTC"}}']);
+    expect(json.sent).toEqual(["", ""]);
+    expect(json.end.calls).toHaveLength(1);
+    const notACall = feed(['{"a": ', "1}"]);
+    expect(notACall.sent).toEqual(["", ""]);
+    expect(notACall.end).toEqual({ content: '{"a": 1}' });
+  });
+
+  it("a forced call streams nothing before it", () => {
+    const forced = toolPlan({ model: "", messages: [{ role: "user", content: "x" }], tools: [{ type: "function", function: { name: "get_time" } }], tool_choice: "required" } as any);
+    const ts = new ToolStream(forced);
+    expect(ts.push('[{"name": "get_time", ')).toBe("");
+    expect(ts.push('"arguments": {}}]')).toBe("");
+    expect(ts.finish('[{"name": "get_time", "arguments": {}}]').calls).toHaveLength(1);
   });
 });
 

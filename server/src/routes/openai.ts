@@ -9,7 +9,7 @@ import type { FinishInfo, GenerationEvent, Submission, SubmitRequest, TopToken }
 import { ValidationError } from "../../../engine/src/errors.js";
 import type { ServerContext } from "../context.js";
 import { SseWriter } from "../sse.js";
-import { templateToolCalls, toolPlan } from "../tools.js";
+import { ToolStream, templateToolCalls, toolPlan } from "../tools.js";
 import { openaiParams, openaiResponseFormat } from "../translate.js";
 import { validateBody } from "../validate.js";
 import type { components } from "../wire-types.js";
@@ -219,6 +219,7 @@ export function openaiRoutes(ctx: ServerContext): Router {
       id, object: "chat.completion.chunk", created, model, choices, ...(includeUsage ? { usage: usage ?? null } : {}),
     });
     let completionTokens = 0, cachedTokens = 0;
+    const toolStreams: ToolStream[] = [];
     try {
       for (let i = 0; i < n; i++) sse.send(chunk([{ index: i, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }]));
       for await (const e of sub.events) {
@@ -229,17 +230,23 @@ export function openaiRoutes(ctx: ServerContext): Router {
           if (e.index === 0) cachedTokens += e.finish.cachedTokens;
         }
         const isEos = e.finish?.reason === "eos";
-        // With tools offered, the text is read for calls once whole: it goes out with the last token.
-        if ((!e.delta || tools.tools) && !e.finish && !wantLogprobs) continue;
-        const called = e.finish && tools.tools ? tools.parse(e.finish.text) : undefined;
-        const delta = !tools.tools ? (e.delta ? { content: e.delta } : {})
-          : called ? { ...(called.content ? { content: called.content } : {}), tool_calls: called.calls.map((t, index) => ({ index, ...t })) }
-          : e.finish ? { content: e.finish.text } : {};
+        // With tools offered, text that may hold a call is read once whole: it goes out with the last token.
+        let text = e.delta, calls: S["ToolCall"][] | undefined;
+        if (tools.tools) {
+          const ts = (toolStreams[e.index] ??= new ToolStream(tools));
+          text = ts.push(e.delta);
+          if (e.finish) {
+            const end = ts.finish(e.finish.text);
+            text += end.content ?? "";
+            calls = end.calls;
+          }
+        }
+        if (!text && !e.finish && !wantLogprobs) continue;
         sse.send(chunk([{
           index: e.index,
-          delta,
+          delta: { ...(text ? { content: text } : {}), ...(calls ? { tool_calls: calls.map((t, index) => ({ index, ...t })) } : {}) },
           logprobs: wantLogprobs && !isEos ? { content: [chatLogprob(e)] } : null,
-          finish_reason: e.finish ? (called ? "tool_calls" : finishReason(e.finish)) : null,
+          finish_reason: e.finish ? (calls ? "tool_calls" : finishReason(e.finish)) : null,
         }]));
       }
       if (includeUsage) sse.send(chunk([], usageOf(sub.promptIds.length, completionTokens, cachedTokens)));
