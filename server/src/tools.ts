@@ -153,6 +153,12 @@ function jsonOf(text: string): any {
   }
 }
 
+/** A grammar error in the schema "required" builds, told in the request's terms (tools[i].function.parameters). */
+export function inRequestTerms(err: unknown): unknown {
+  const m = err instanceof ValidationError ? /^tools\.items\.anyOf\[(\d+)\]\.properties\.arguments/.exec(err.message) : null;
+  return m ? new ValidationError(`tools[${m[1]}].function.parameters${(err as Error).message.slice(m[0].length)}`, "tools") : err;
+}
+
 /** An assistant turn's tool calls as chat templates read them: arguments as objects where they parse. */
 export function templateToolCalls(calls: S["ToolCall"][] | undefined): unknown[] | undefined {
   return calls?.map((c) => ({ id: c.id, type: c.type, function: { name: c.function.name, arguments: jsonOf(c.function.arguments) ?? c.function.arguments } }));

@@ -116,6 +116,9 @@ describe("tool calls through the openai client", () => {
       [{ tool_choice: "required" }, /needs tools/, "tool_choice"],
       [{ tools: [TOOLS[0], TOOLS[0]] }, /same name/, "tools"],
       [{ tools: TOOLS, tool_choice: "required", response_format: { type: "json_object" } }, /cannot be combined/, "response_format"],
+      // A parameters schema the grammar cannot take, named by where it is in the request, forced either way.
+      [{ tools: [TOOLS[0], { type: "function", function: { name: "odd", parameters: { type: "banana" } } }], tool_choice: "required" }, / tools\[1\]\.function\.parameters\.type: .*"banana"/, "tools"],
+      [{ tools: [{ type: "function", function: { name: "odd", parameters: { type: "banana" } } }], tool_choice: { type: "function", function: { name: "odd" } } }, / tools\[0\]\.function\.parameters\.type: .*"banana"/, "tools"],
     ];
     for (const [extra, message, param] of cases) {
       const err = await ask(extra).catch((e) => e);

@@ -9,7 +9,7 @@ import type { FinishInfo, GenerationEvent, Submission, SubmitRequest, TopToken }
 import { ValidationError } from "../../../engine/src/errors.js";
 import type { ServerContext } from "../context.js";
 import { SseWriter } from "../sse.js";
-import { ToolStream, templateToolCalls, toolPlan } from "../tools.js";
+import { ToolStream, inRequestTerms, templateToolCalls, toolPlan } from "../tools.js";
 import { openaiParams, openaiResponseFormat } from "../translate.js";
 import { validateBody } from "../validate.js";
 import type { components } from "../wire-types.js";
@@ -191,7 +191,9 @@ export function openaiRoutes(ctx: ServerContext): Router {
     }));
     const responseFormat = tools.responseFormat ?? openaiResponseFormat(body.response_format);
     const input = { messages, tools: tools.tools };
-    const [sub] = await submitAll(ctx, c, [{ input, adapter, params, n, fillContext: maxTokens === undefined, responseFormat, signal: c.signal }]);
+    const [sub] = await submitAll(ctx, c, [{ input, adapter, params, n, fillContext: maxTokens === undefined, responseFormat, signal: c.signal }]).catch((e) => {
+      throw inRequestTerms(e);
+    });
     const id = `chatcmpl-${crypto.randomUUID()}`, created = now(), model = body.model;
 
     if (!body.stream) {
