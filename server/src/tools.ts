@@ -31,6 +31,7 @@ export interface ToolPlan {
 
 const NO_TOOLS: ToolPlan = { parse: () => undefined };
 
+/** What a chat request's tools and tool_choice ask of the prompt, the decoding and the response; bad ones are 400s. */
 export function toolPlan(body: S["ChatCompletionRequest"]): ToolPlan {
   const tools = body.tools ?? [];
   const choice = body.tool_choice ?? (tools.length > 0 ? "auto" : "none");
@@ -64,7 +65,10 @@ export function toolPlan(body: S["ChatCompletionRequest"]): ToolPlan {
   return {
     tools,
     responseFormat: { format: { type: "json_schema", schema: params(tool) }, path: `tools[${tools.indexOf(tool)}].function.parameters`, param: "tools" },
-    parse: (text) => (jsonOf(text) === undefined ? undefined : { content: null, calls: [toolCall(tool.function.name, jsonOf(text))], rest: "" }),
+    parse: (text) => {
+      const args = jsonOf(text);
+      return args === undefined ? undefined : { content: null, calls: [toolCall(tool.function.name, args)], rest: "" };
+    },
   };
 }
 
