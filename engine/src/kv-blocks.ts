@@ -39,7 +39,7 @@ export class BlockAllocator {
     for (const b of this.idle) {
       if (out.length === n) break;
       this.idle.delete(b);
-      this.forget(b);
+      this.unregister(b);
       out.push(b);
     }
     for (const b of out) this.refs[b] = 1;
@@ -91,16 +91,12 @@ export class BlockAllocator {
     this.blockOf.set(key, b);
   }
 
-  /** Takes a held block out of the prefix cache: its KV is about to be overwritten. */
-  unregister(b: number): void {
-    this.forget(b);
-  }
-
   isRegistered(b: number): boolean {
     return this.keyOf.has(b);
   }
 
-  private forget(b: number): void {
+  /** Takes a block out of the prefix cache (its KV is about to be overwritten, or its space reused); no-op if not in it. */
+  unregister(b: number): void {
     const key = this.keyOf.get(b);
     if (key === undefined) return;
     this.keyOf.delete(b);

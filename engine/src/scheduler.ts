@@ -224,7 +224,7 @@ export class Scheduler {
     }
     const bs = this.cfg.blockSize;
     for (let b = Math.floor(from / bs); b <= Math.floor((to - 1) / bs) && b < seq.blocks.length; b++) {
-      if (this.blocks.isRegistered(seq.blocks[b])) this.blocks.unregister(seq.blocks[b]);
+      this.blocks.unregister(seq.blocks[b]);
       seq.registered = Math.min(seq.registered, b);
     }
     return true;

@@ -4,12 +4,11 @@
 // [TOOL_CALLS] arrays, Llama 3.1 bare JSON). The chat template renders the tools; the engine knows none of this.
 import crypto from "node:crypto";
 
-import type { SubmitRequest } from "../../engine/src/engine.js";
 import { ValidationError } from "../../engine/src/errors.js";
+import type { EngineResponseFormat } from "./translate.js";
 import type { components } from "./wire-types.js";
 
 type S = components["schemas"];
-type EngineResponseFormat = NonNullable<SubmitRequest["responseFormat"]>;
 
 /** Calls read out of a choice's text; `rest` is the text outside them, untrimmed, and `content` it trimmed. */
 export interface ReadCalls {

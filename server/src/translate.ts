@@ -114,7 +114,7 @@ function logitBiasOf(bias: OpenAIBody["logit_bias"]): LogitBias | undefined {
   return { ids: Int32Array.from(ids, Number), values: Float32Array.from(ids, (id) => bias![id]) };
 }
 
-type EngineResponseFormat = NonNullable<SubmitRequest["responseFormat"]>;
+export type EngineResponseFormat = NonNullable<SubmitRequest["responseFormat"]>;
 
 /** OpenAI response_format → the engine's: text means none; json_schema carries the schema. */
 export function openaiResponseFormat(rf: S["ChatResponseFormat"] | null | undefined): EngineResponseFormat | undefined {
